@@ -254,6 +254,31 @@ pub struct DaemonInfo {
     pub listen: String,
     /// Number of sandboxes per state (destroyed excluded).
     pub sandboxes: BTreeMap<String, u64>,
+    /// Warm pools (empty when none is configured).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pools: Vec<PoolInfo>,
+}
+
+/// One warm pool: idle, started sandboxes of a template and resource shape that `create`
+/// claims instead of starting one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PoolInfo {
+    pub template: String,
+    pub resources: Resources,
+    /// Configured number of idle sandboxes.
+    pub size: u64,
+    /// Idle sandboxes ready to be claimed.
+    pub ready: u64,
+    /// Sandboxes being started to refill the pool.
+    pub starting: u64,
+    /// Creates served from the pool since the daemon started.
+    pub claimed: u64,
+    /// Fitting creates that found the pool empty and took the cold path.
+    pub misses: u64,
+    /// Pool sandboxes that failed to start.
+    pub failures: u64,
+    /// True while the host is short of memory: the pool is emptied and not refilled.
+    pub memory_pressure: bool,
 }
 
 /// `/healthz` and `/readyz` answer.

@@ -276,6 +276,19 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
                 for (state, n) in &info.sandboxes {
                     println!("{state:<10} {n}");
                 }
+                for p in &info.pools {
+                    println!(
+                        "pool {}: {}/{} ready, {} starting, {} claimed, {} misses, {} failures{}",
+                        p.template,
+                        p.ready,
+                        p.size,
+                        p.starting,
+                        p.claimed,
+                        p.misses,
+                        p.failures,
+                        if p.memory_pressure { " (paused: host memory low)" } else { "" }
+                    );
+                }
             }
             Ok(0)
         }

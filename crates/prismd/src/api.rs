@@ -63,6 +63,7 @@ pub async fn info(State(st): State<AppState>) -> ApiResult<Json<DaemonInfo>> {
         state_dir: st.manager.config().state_dir.display().to_string(),
         listen: st.listen.to_string(),
         sandboxes,
+        pools: st.manager.pools(),
     }))
 }
 

@@ -10,12 +10,19 @@
 //! log_max_bytes = 8388608       # per-sandbox output log budget
 //! exec_output_limit = 1048576   # cap of stdout and of stderr of a buffered exec
 //! janitor_interval_s = 5
+//! pool_min_available_mb = 512   # pools empty themselves while MemAvailable is below this
+//!
+//! [[pools]]                     # warm pools: idle started sandboxes that create claims
+//! template = "base"
+//! size = 4
+//! resources = { memory_mb = 512 }   # optional resource shape; requests must match it
 //! ```
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use clap::Parser;
+use prism_core::lifecycle::PoolConfig;
 use serde::Deserialize;
 
 /// Default listen address.
@@ -41,6 +48,19 @@ pub struct Flags {
     /// Log as JSON lines.
     #[arg(long, env = "PRISM_LOG_JSON")]
     pub log_json: bool,
+    /// Warm pool TEMPLATE=SIZE (repeatable; replaces the file's pools), e.g. `--pool base=4`.
+    #[arg(long = "pool", env = "PRISM_POOLS", value_delimiter = ',')]
+    pub pools: Vec<String>,
+}
+
+/// One `[[pools]]` entry of the file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilePool {
+    pub template: String,
+    pub size: usize,
+    #[serde(default)]
+    pub resources: prism_types::Resources,
 }
 
 /// The file layer. Unknown keys are errors.
@@ -58,6 +78,9 @@ pub struct FileConfig {
     pub agent_path: Option<PathBuf>,
     pub cgroup_parent: Option<String>,
     pub stop_sandboxes_on_shutdown: Option<bool>,
+    #[serde(default)]
+    pub pools: Vec<FilePool>,
+    pub pool_min_available_mb: Option<u64>,
 }
 
 /// The effective configuration.
@@ -78,6 +101,10 @@ pub struct Config {
     /// On SIGTERM, stop every running sandbox (default: leave them running for re-adoption).
     pub stop_sandboxes_on_shutdown: bool,
     pub log_json: bool,
+    /// Warm pools.
+    pub pools: Vec<PoolConfig>,
+    /// Pools shrink while the host's MemAvailable is below this many bytes (0 = never).
+    pub pool_min_available_bytes: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +127,27 @@ pub enum ConfigError {
     NoStateDir,
     #[error("{0} must be at least 1")]
     Zero(&'static str),
+    #[error("invalid pool {0:?}: expected TEMPLATE=SIZE with SIZE from 0 to {MAX_POOL_SIZE}, e.g. base=4")]
+    Pool(String),
+}
+
+/// Largest warm pool.
+pub const MAX_POOL_SIZE: usize = 1000;
+
+/// `TEMPLATE=SIZE` of `--pool`.
+fn parse_pool(s: &str) -> Result<PoolConfig, ConfigError> {
+    let bad = || ConfigError::Pool(s.to_string());
+    let (template, size) = s.split_once('=').ok_or_else(bad)?;
+    let size: usize = size.trim().parse().map_err(|_| bad())?;
+    let template = template.trim();
+    if template.is_empty() || size > MAX_POOL_SIZE {
+        return Err(bad());
+    }
+    Ok(PoolConfig {
+        template: template.to_string(),
+        resources: prism_types::Resources::default(),
+        size,
+    })
 }
 
 /// The default state directory: `/var/lib/prism` for root, else `$XDG_STATE_HOME/prism`
@@ -139,6 +187,26 @@ impl Config {
             .ok_or(ConfigError::NoStateDir)?,
         };
         let janitor_interval_s = file.janitor_interval_s.unwrap_or(5);
+        let pools = if flags.pools.is_empty() {
+            let mut pools = Vec::new();
+            for p in &file.pools {
+                if p.template.is_empty() || p.size > MAX_POOL_SIZE {
+                    return Err(ConfigError::Pool(format!("{}={}", p.template, p.size)));
+                }
+                pools.push(PoolConfig {
+                    template: p.template.clone(),
+                    resources: p.resources,
+                    size: p.size,
+                });
+            }
+            pools
+        } else {
+            flags
+                .pools
+                .iter()
+                .map(|p| parse_pool(p))
+                .collect::<Result<_, _>>()?
+        };
         if janitor_interval_s == 0 {
             return Err(ConfigError::Zero("janitor_interval_s"));
         }
@@ -164,6 +232,8 @@ impl Config {
                 .unwrap_or_else(|| prism_sys::cgroup::DEFAULT_PARENT.to_string()),
             stop_sandboxes_on_shutdown: file.stop_sandboxes_on_shutdown.unwrap_or(false),
             log_json: flags.log_json,
+            pools,
+            pool_min_available_bytes: file.pool_min_available_mb.unwrap_or(512) << 20,
         })
     }
 
@@ -219,6 +289,32 @@ mod tests {
         let e = Config::resolve(&flags, &FileConfig::default(), true);
         assert!(matches!(e, Err(ConfigError::Listen(_))));
         assert!(toml::from_str::<FileConfig>("bogus = 1").is_err());
+    }
+
+    #[test]
+    fn pools_from_flags_replace_the_file_s() {
+        let file: FileConfig = toml::from_str(
+            "[[pools]]\ntemplate = \"base\"\nsize = 3\nresources = { memory_mb = 256 }",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let c = Config::resolve(&Flags::default(), &file, true).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.pools.len(), 1);
+        assert_eq!(c.pools[0].size, 3);
+        assert_eq!(c.pools[0].resources.memory_mb, Some(256));
+        assert_eq!(c.pool_min_available_bytes, 512 << 20);
+        let flags = Flags::try_parse_from(["prismd", "--pool", "base=2,py=1"])
+            .unwrap_or_else(|e| panic!("{e}"));
+        let c = Config::resolve(&flags, &file, true).unwrap_or_else(|e| panic!("{e}"));
+        let got: Vec<_> = c.pools.iter().map(|p| (p.template.as_str(), p.size)).collect();
+        assert_eq!(got, [("base", 2), ("py", 1)]);
+        for bad in ["base", "base=x", "=3", "base=100000"] {
+            let flags = Flags {
+                pools: vec![bad.into()],
+                ..Flags::default()
+            };
+            let e = Config::resolve(&flags, &FileConfig::default(), true);
+            assert!(matches!(e, Err(ConfigError::Pool(_))), "{bad}");
+        }
     }
 
     #[test]

@@ -135,6 +135,8 @@ pub async fn run(cfg: Config, runtime: Arc<dyn Runtime>) -> Result<(), DaemonErr
         max_lifetime_s: cfg.max_lifetime_s,
         log_max_bytes: cfg.log_max_bytes,
         exec_output_limit: cfg.exec_output_limit,
+        pools: cfg.pools.clone(),
+        pool_min_available_bytes: cfg.pool_min_available_bytes,
         ..ManagerConfig::new(sd.clone())
     };
     let manager = SandboxManager::new(Arc::new(store), runtime, Arc::new(ProtoAgents), mcfg)?;
@@ -161,6 +163,7 @@ pub async fn run(cfg: Config, runtime: Arc<dyn Runtime>) -> Result<(), DaemonErr
                 }
                 Err(error) => tracing::error!(message = "recovery failed", %error),
             }
+            manager.start_pools();
             ready.store(true, Ordering::Release);
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -219,6 +222,7 @@ pub async fn run(cfg: Config, runtime: Arc<dyn Runtime>) -> Result<(), DaemonErr
     }
     stop.cancel();
     let _ = bg.await;
+    shutdown_manager.close_pools().await;
     if cfg.stop_sandboxes_on_shutdown {
         stop_all(&shutdown_manager).await;
     }

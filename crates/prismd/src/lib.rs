@@ -58,7 +58,7 @@ pub struct AppState {
     ),
     components(schemas(
         prism_types::ws::ExecStart, prism_types::ws::ClientMessage, prism_types::ws::ServerEvent,
-        prism_types::ws::SignalSpec,
+        prism_types::ws::SignalSpec, prism_types::PoolInfo,
     )),
     tags(
         (name = "sandboxes", description = "Lifecycle"),

@@ -108,6 +108,9 @@ impl SandboxManager {
         };
         let mut reaped = Vec::new();
         for id in leftovers {
+            if self.inner.pools.owns(&id) {
+                continue;
+            }
             let key = id.clone();
             let rec = self.store(move |s| s.get(&key)).await?;
             if rec.is_some_and(|r| r.state != SandboxState::Destroyed) {

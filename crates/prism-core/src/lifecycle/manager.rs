@@ -15,6 +15,7 @@ use tokio::sync::OwnedMutexGuard;
 
 use super::agent::{Agent, AgentConnector, ProcEvent, ProcSpec, ProcStream};
 use super::logs::LogHub;
+use super::pool::{Member, PoolConfig, Pools};
 use super::state::{Action, Plan, plan};
 use super::{LifecycleError, expiry, now_ms, rfc3339, templates, validate};
 use crate::{Limits, Runtime, SandboxHandle, SandboxSpec};
@@ -36,6 +37,11 @@ pub struct ManagerConfig {
     pub exec_output_limit: usize,
     /// Destroyed records are purged this long after destruction (seconds).
     pub destroyed_retention_s: u64,
+    /// Warm pools (see [`super::pool`]).
+    pub pools: Vec<PoolConfig>,
+    /// Pools shrink and stop refilling while the host's `MemAvailable` is below this
+    /// (bytes; 0 = never).
+    pub pool_min_available_bytes: u64,
 }
 
 impl ManagerConfig {
@@ -47,6 +53,8 @@ impl ManagerConfig {
             log_max_bytes: 8 << 20,
             exec_output_limit: 1 << 20,
             destroyed_retention_s: 7 * 24 * 3600,
+            pools: Vec::new(),
+            pool_min_available_bytes: 512 << 20,
         }
     }
 }
@@ -65,6 +73,7 @@ pub(crate) struct Inner {
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     pub live: Mutex<HashMap<String, Live>>,
     logs: Mutex<HashMap<String, Arc<LogHub>>>,
+    pub pools: Pools,
 }
 
 /// The sandbox manager. Cheap to clone.
@@ -75,6 +84,16 @@ pub struct SandboxManager {
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The runtime limits of API resources.
+pub(crate) fn limits_of(r: &prism_types::Resources) -> Limits {
+    Limits {
+        cpus: r.cpus,
+        memory_bytes: r.memory_mb.map(|m| m << 20),
+        pids: r.pids,
+        disk_bytes: r.disk_mb.map(|m| m << 20),
+    }
 }
 
 /// Run blocking work (store, runtime) off the async threads.
@@ -120,6 +139,10 @@ impl SandboxManager {
         cfg: ManagerConfig,
     ) -> Result<Self, LifecycleError> {
         templates::rootfs(prism_types::DEFAULT_TEMPLATE, &cfg.state_dir)?;
+        for p in &cfg.pools {
+            templates::rootfs(&p.template, &cfg.state_dir)?;
+        }
+        let pools = Pools::new(&cfg.pools, cfg.pool_min_available_bytes);
         Ok(SandboxManager {
             inner: Arc::new(Inner {
                 store,
@@ -129,6 +152,7 @@ impl SandboxManager {
                 locks: Mutex::new(HashMap::new()),
                 live: Mutex::new(HashMap::new()),
                 logs: Mutex::new(HashMap::new()),
+                pools,
             }),
         })
     }
@@ -280,6 +304,9 @@ impl SandboxManager {
         let spec = validate::create(req, cfg.default_timeout_s, cfg.max_lifetime_s)?;
         let template = spec.template.clone().unwrap_or_default();
         templates::rootfs(&template, &cfg.state_dir)?;
+        if let Some(member) = self.claim(&spec).await {
+            return self.create_from_member(spec, member).await;
+        }
         let now = now_ms();
         let id = uuid::Uuid::now_v7().simple().to_string();
         let rec = SandboxRecord {
@@ -313,6 +340,44 @@ impl SandboxManager {
         Ok(to_api(&rec))
     }
 
+    /// Create a sandbox from a warm pool member: one durable write (the record, already
+    /// running), then its main process.
+    async fn create_from_member(
+        &self,
+        spec: CreateSandboxRequest,
+        member: Member,
+    ) -> Result<Sandbox, LifecycleError> {
+        let cfg = &self.inner.cfg;
+        let now = now_ms();
+        let id = member.id.clone();
+        let mut rec = SandboxRecord {
+            id: id.clone(),
+            name: None,
+            state: SandboxState::Running,
+            template: spec.template.clone().unwrap_or_default(),
+            labels: spec.labels.clone(),
+            expires_at_ms: expiry(now, spec.timeout_s.unwrap_or(0), now, cfg.max_lifetime_s),
+            spec,
+            handle: serde_json::to_value(&member.handle).ok(),
+            runtime: self.inner.runtime.name().to_string(),
+            created_at_ms: now,
+            updated_at_ms: now,
+            started_at_ms: Some(now),
+            exit_code: None,
+            error: None,
+        };
+        let _guard = self.lock_id(&id).await;
+        let ins = rec.clone();
+        if let Err(e) = self.store(move |s| s.insert(&ins)).await {
+            let rt = self.inner.runtime.clone();
+            let _ = blocking(move || rt.destroy(&id)).await;
+            return Err(e);
+        }
+        tracing::info!(message = "sandbox created from a warm pool", sandbox_id = %rec.id);
+        self.activate(&mut rec, &member.handle).await?;
+        Ok(to_api(&rec))
+    }
+
     /// Start the runtime and the main process of a locked sandbox; on failure the sandbox is
     /// `failed`, cleaned of processes, and the error returned.
     async fn start_locked(
@@ -328,12 +393,7 @@ impl SandboxManager {
                 .clone()
                 .unwrap_or_else(|| rec.id.chars().take(12).collect()),
             rootfs: templates::rootfs(&rec.template, &cfg.state_dir)?,
-            limits: Limits {
-                cpus: rec.spec.resources.cpus,
-                memory_bytes: rec.spec.resources.memory_mb.map(|m| m << 20),
-                pids: rec.spec.resources.pids,
-                disk_bytes: rec.spec.resources.disk_mb.map(|m| m << 20),
-            },
+            limits: limits_of(&rec.spec.resources),
         };
         let rt = self.inner.runtime.clone();
         let started = blocking(move || rt.start(&spec)).await?;
@@ -371,6 +431,17 @@ impl SandboxManager {
             let _ = blocking(move || rt.stop(&h)).await;
             return Err(e);
         }
+        self.activate(&mut rec, &handle).await?;
+        Ok(rec)
+    }
+
+    /// Track a locked, durable, running sandbox and start its main process (if any); when that
+    /// fails the sandbox is `failed` and the error returned.
+    async fn activate(
+        &self,
+        rec: &mut SandboxRecord,
+        handle: &SandboxHandle,
+    ) -> Result<(), LifecycleError> {
         lock(&self.inner.live).insert(
             rec.id.clone(),
             Live {
@@ -379,7 +450,7 @@ impl SandboxManager {
             },
         );
         if let Some(cmd) = rec.spec.cmd.clone() {
-            let agent = self.agent_of(&handle);
+            let agent = self.agent_of(handle);
             let proc_spec = ProcSpec {
                 argv: cmd,
                 env: rec.spec.env.clone(),
@@ -390,13 +461,12 @@ impl SandboxManager {
                 Ok(ps) => self.capture_main(&rec.id, ps, true)?,
                 Err(e) => {
                     rec.error = Some(format!("main process did not start: {e}"));
-                    self.fail_locked(&mut rec, "main process did not start")
-                        .await?;
+                    self.fail_locked(rec, "main process did not start").await?;
                     return Err(LifecycleError::MainProcess(e));
                 }
             }
         }
-        Ok(rec)
+        Ok(())
     }
 
     /// Copy a main process's output into the sandbox log; record its exit code at the end.

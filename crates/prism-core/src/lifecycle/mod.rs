@@ -14,6 +14,9 @@ pub mod logs;
 mod manager;
 #[cfg(test)]
 mod manager_tests;
+mod pool;
+#[cfg(test)]
+mod pool_tests;
 pub mod proto_agent;
 mod recover;
 pub mod state;
@@ -26,6 +29,7 @@ pub use agent::{Agent, AgentConnector, AgentError, CodeEvents, ProcEvent, ProcSp
 pub use exec::{ExecSession, FileContent, ProcEvents};
 pub use janitor::SweepReport;
 pub use manager::{ManagerConfig, SandboxManager};
+pub use pool::PoolConfig;
 pub use proto_agent::ProtoAgents;
 pub use state::{Action, InvalidState, Plan};
 
