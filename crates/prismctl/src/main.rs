@@ -286,7 +286,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
                         p.claimed,
                         p.misses,
                         p.failures,
-                        if p.memory_pressure { " (paused: host memory low)" } else { "" }
+                        if p.memory_pressure {
+                            " (paused: host memory low)"
+                        } else {
+                            ""
+                        }
                     );
                 }
             }

@@ -127,7 +127,9 @@ pub enum ConfigError {
     NoStateDir,
     #[error("{0} must be at least 1")]
     Zero(&'static str),
-    #[error("invalid pool {0:?}: expected TEMPLATE=SIZE with SIZE from 0 to {MAX_POOL_SIZE}, e.g. base=4")]
+    #[error(
+        "invalid pool {0:?}: expected TEMPLATE=SIZE with SIZE from 0 to {MAX_POOL_SIZE}, e.g. base=4"
+    )]
     Pool(String),
 }
 
@@ -305,7 +307,11 @@ mod tests {
         let flags = Flags::try_parse_from(["prismd", "--pool", "base=2,py=1"])
             .unwrap_or_else(|e| panic!("{e}"));
         let c = Config::resolve(&flags, &file, true).unwrap_or_else(|e| panic!("{e}"));
-        let got: Vec<_> = c.pools.iter().map(|p| (p.template.as_str(), p.size)).collect();
+        let got: Vec<_> = c
+            .pools
+            .iter()
+            .map(|p| (p.template.as_str(), p.size))
+            .collect();
         assert_eq!(got, [("base", 2), ("py", 1)]);
         for bad in ["base", "base=x", "=3", "base=100000"] {
             let flags = Flags {

@@ -38,7 +38,11 @@ impl PoolConfig {
     /// loopback.
     pub fn fits(&self, spec: &CreateSandboxRequest) -> bool {
         spec.name.is_none()
-            && spec.template.as_deref().unwrap_or(prism_types::DEFAULT_TEMPLATE) == self.template
+            && spec
+                .template
+                .as_deref()
+                .unwrap_or(prism_types::DEFAULT_TEMPLATE)
+                == self.template
             && spec.resources == self.resources
             && spec.network.as_deref().unwrap_or("none") == "none"
     }

@@ -134,9 +134,13 @@ async fn the_orphan_sweep_spares_members_but_reaps_a_previous_run_s() {
     // A daemon that did not make them (a restart after a crash) destroys them as orphans.
     let dir = tempfile::tempdir().unwrap();
     let cfg = ManagerConfig::new(dir.path().to_path_buf());
-    let other =
-        SandboxManager::new(e.store.clone(), e.rt.clone(), FakeAgents::for_runtime(&e.rt), cfg)
-            .unwrap();
+    let other = SandboxManager::new(
+        e.store.clone(),
+        e.rt.clone(),
+        FakeAgents::for_runtime(&e.rt),
+        cfg,
+    )
+    .unwrap();
     let report = other.sweep().await.unwrap();
     let reaped: HashSet<String> = report.orphans.into_iter().collect();
     assert_eq!(reaped, members);
