@@ -25,13 +25,14 @@ fn true_req() -> ExecRequest {
     }
 }
 
-/// `(create+exec+destroy, exec round trip)` samples.
-pub fn run(
+/// A prismd on a free loopback port, ready, with `pool` idle `base` sandboxes kept warm.
+fn start_daemon(
+    rt: &tokio::runtime::Runtime,
     state: &Path,
     agent: &Path,
-    warmup: usize,
-    iterations: usize,
-) -> Result<(Vec<Duration>, Vec<Duration>)> {
+    name: &str,
+    pool: usize,
+) -> Result<(Daemon, prism_client::Client)> {
     let prismd = std::env::current_exe()?.with_file_name("prismd");
     if !prismd.is_file() {
         bail!("{} missing: run scripts/build --release", prismd.display());
@@ -39,32 +40,31 @@ pub fn run(
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
-    let dir = state.join("prismd");
+    let dir = state.join(name);
     std::fs::create_dir_all(&dir)?;
     let config = dir.join("prismd.toml");
     std::fs::write(
         &config,
         format!(
-            "agent_path = {:?}\ncgroup_parent = \"prism-bench-api-{}\"\n",
+            "agent_path = {:?}\ncgroup_parent = \"prism-bench-{name}-{}\"\n",
             agent.display().to_string(),
             std::process::id()
         ),
     )?;
-    let _daemon = Daemon(
+    let daemon = Daemon(
         Command::new(&prismd)
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .arg("--state-dir")
             .arg(&dir)
             .arg("--config")
             .arg(&config)
+            .arg("--pool")
+            .arg(format!("base={pool}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .context("starting prismd")?,
     );
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
     let client = prism_client::Client::new(&format!("http://127.0.0.1:{port}"))?;
     rt.block_on(async {
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -74,17 +74,40 @@ pub fn run(
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let mut cycle = Vec::new();
+        Ok(())
+    })?;
+    Ok((daemon, client))
+}
+
+/// One create → exec `/bin/true` → destroy through the API.
+async fn cycle(client: &prism_client::Client) -> Result<Duration> {
+    let t = Instant::now();
+    let sb = client.create(&CreateSandboxRequest::default()).await?;
+    let r = client.exec(&sb.id, &true_req()).await?;
+    client.destroy(&sb.id).await?;
+    if r.exit_code != 0 {
+        bail!("/bin/true exited {}", r.exit_code);
+    }
+    Ok(t.elapsed())
+}
+
+/// `(create+exec+destroy, exec round trip)` samples, without pools.
+pub fn run(
+    state: &Path,
+    agent: &Path,
+    warmup: usize,
+    iterations: usize,
+) -> Result<(Vec<Duration>, Vec<Duration>)> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (_daemon, client) = start_daemon(&rt, state, agent, "api", 0)?;
+    rt.block_on(async {
+        let mut cycles = Vec::new();
         for i in 0..warmup + iterations {
-            let t = Instant::now();
-            let sb = client.create(&CreateSandboxRequest::default()).await?;
-            let r = client.exec(&sb.id, &true_req()).await?;
-            client.destroy(&sb.id).await?;
-            if r.exit_code != 0 {
-                bail!("/bin/true exited {}", r.exit_code);
-            }
+            let t = cycle(&client).await?;
             if i >= warmup {
-                cycle.push(t.elapsed());
+                cycles.push(t);
             }
         }
         let sb = client.create(&CreateSandboxRequest::default()).await?;
@@ -100,6 +123,58 @@ pub fn run(
             }
         }
         client.destroy(&sb.id).await?;
-        Ok((cycle, round_trip))
+        Ok((cycles, round_trip))
+    })
+}
+
+/// `(create+exec+destroy, create → first exec output)` samples with a warm pool of `base`:
+/// before each (untimed), wait until the pool has a ready member, so every sample is a claim.
+/// Returns an error if a sample missed the pool.
+pub fn run_pooled(
+    state: &Path,
+    agent: &Path,
+    warmup: usize,
+    iterations: usize,
+) -> Result<(Vec<Duration>, Vec<Duration>)> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (_daemon, client) = start_daemon(&rt, state, agent, "pooled", 2)?;
+    rt.block_on(async {
+        let ready = || async {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let info = client.info().await?;
+                if info.pools.first().is_some_and(|p| p.ready >= 1) {
+                    return Ok::<_, anyhow::Error>(info.pools[0].claimed);
+                }
+                if Instant::now() > deadline {
+                    bail!("the pool never refilled: {:?}", info.pools);
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        let (mut cycles, mut first) = (Vec::new(), Vec::new());
+        for i in 0..warmup + iterations {
+            ready().await?;
+            let t = Instant::now();
+            let sb = client.create(&CreateSandboxRequest::default()).await?;
+            let r = client.exec(&sb.id, &true_req()).await?;
+            let to_first = t.elapsed();
+            client.destroy(&sb.id).await?;
+            if r.exit_code != 0 {
+                bail!("/bin/true exited {}", r.exit_code);
+            }
+            if i >= warmup {
+                cycles.push(t.elapsed());
+                first.push(to_first);
+            }
+        }
+        let info = client.info().await?;
+        let p = info.pools.first().context("no pool in /v1/info")?;
+        if p.misses > 0 {
+            bail!("{} creates missed the pool", p.misses);
+        }
+        Ok((cycles, first))
     })
 }

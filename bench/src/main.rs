@@ -24,8 +24,9 @@ struct Args {
     /// Unmeasured iterations first.
     #[arg(long, default_value_t = 3)]
     warmup: usize,
-    /// Comma-separated subset of: fork,prism,api,bwrap,crun (`api` goes through a real prismd).
-    #[arg(long, default_value = "fork,prism,api,bwrap,crun")]
+    /// Comma-separated subset of: fork,prism,api,pooled,bwrap,crun (`api` and `pooled` go
+    /// through a real prismd, `pooled` with a warm pool of `base`).
+    #[arg(long, default_value = "fork,prism,api,pooled,bwrap,crun")]
     only: String,
     /// The static agent (default: target/x86_64-unknown-linux-musl/release, then debug).
     #[arg(long, env = "PRISM_AGENT")]
@@ -79,6 +80,16 @@ fn main() -> Result<()> {
                 match api::run(state.path(), &agent, args.warmup, args.iterations) {
                     Ok((cycle, round_trip)) => {
                         rows.push(stats::Row::new("api: exec round trip", round_trip));
+                        Some(Ok(cycle))
+                    }
+                    Err(e) => Some(Err(e)),
+                }
+            }
+            "pooled" => {
+                let agent = prism::agent_path(args.agent.clone())?;
+                match api::run_pooled(state.path(), &agent, args.warmup, args.iterations) {
+                    Ok((cycle, first)) => {
+                        rows.push(stats::Row::new("pooled: create → first exec", first));
                         Some(Ok(cycle))
                     }
                     Err(e) => Some(Err(e)),
