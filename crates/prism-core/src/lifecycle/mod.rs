@@ -12,6 +12,7 @@ pub mod fake;
 mod janitor;
 pub mod logs;
 mod manager;
+mod passthrough;
 #[cfg(test)]
 mod manager_tests;
 pub mod proto_agent;
