@@ -57,3 +57,41 @@ pub async fn proxy(st: &AppState, id: &str, req: Request) -> Response {
 fn envd_error(e: E2bError) -> Response {
     e.into_response()
 }
+
+/// Sets the sandbox's environment variables in its agent (envd's `POST /init`), so that
+/// processes and code contexts started through the pass-through see them, as on E2B.
+pub async fn init_env(
+    st: &AppState,
+    id: &str,
+    env: &std::collections::BTreeMap<String, String>,
+) -> Result<(), E2bError> {
+    if env.is_empty() {
+        return Ok(());
+    }
+    let socket = st
+        .manager
+        .agent_socket(id)
+        .await
+        .map_err(|e| super::unreachable_sandbox(id, e))?;
+    let body = serde_json::json!({ "envVars": env }).to_string();
+    let req = Request::post("/init")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body))
+        .map_err(|e| E2bError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let resp = AgentClient::new(socket).raw(req).await.map_err(|e| {
+        E2bError::new(
+            StatusCode::BAD_GATEWAY,
+            format!("the agent of sandbox {id} did not take its environment: {e}"),
+        )
+    })?;
+    if !resp.status().is_success() {
+        return Err(E2bError::new(
+            StatusCode::BAD_GATEWAY,
+            format!(
+                "the agent of sandbox {id} refused its environment ({})",
+                resp.status()
+            ),
+        ));
+    }
+    Ok(())
+}

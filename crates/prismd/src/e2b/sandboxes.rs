@@ -160,6 +160,13 @@ pub async fn create(
             ..Default::default()
         })
         .await?;
+    if let Err(e) = super::envd::init_env(&st, &sb.id, &sb.env).await {
+        // Half a sandbox is worse than none: do not leave it running.
+        if let Err(error) = st.manager.destroy(&sb.id).await {
+            tracing::warn!(message = "could not destroy a sandbox whose env failed", sandbox_id = %sb.id, %error);
+        }
+        return Err(e);
+    }
     Ok((StatusCode::CREATED, Json(created(&sb))))
 }
 
@@ -215,6 +222,7 @@ pub async fn connect(
     let resumed = state == "paused";
     if resumed {
         st.manager.start(&sb.id).await?;
+        super::envd::init_env(&st, &sb.id, &sb.env).await?;
     }
     let sb = match req.timeout {
         Some(t) => st.manager.set_timeout(&sb.id, t).await?,
