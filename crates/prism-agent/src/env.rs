@@ -46,7 +46,10 @@ mod tests {
 
     #[test]
     fn set_replaces_and_appends() {
-        let env = BaseEnv::new(vec![("PATH".into(), "/bin".into()), ("A".into(), "1".into())]);
+        let env = BaseEnv::new(vec![
+            ("PATH".into(), "/bin".into()),
+            ("A".into(), "1".into()),
+        ]);
         let mut vars = BTreeMap::new();
         vars.insert("A".to_string(), "2".to_string());
         vars.insert("B".to_string(), "3".to_string());

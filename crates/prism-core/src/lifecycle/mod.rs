@@ -12,9 +12,9 @@ pub mod fake;
 mod janitor;
 pub mod logs;
 mod manager;
-mod passthrough;
 #[cfg(test)]
 mod manager_tests;
+mod passthrough;
 pub mod proto_agent;
 mod recover;
 pub mod state;

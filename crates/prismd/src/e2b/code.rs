@@ -197,17 +197,26 @@ async fn list_contexts(st: &AppState, id: &str) -> E2bResult<Response> {
 }
 
 async fn delete_context(st: &AppState, id: &str, ctx: &str) -> E2bResult<Response> {
-    st.manager.delete_context(id, ctx).await.map_err(|e| ctx_error(id, e))?;
+    st.manager
+        .delete_context(id, ctx)
+        .await
+        .map_err(|e| ctx_error(id, e))?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 async fn restart_context(st: &AppState, id: &str, ctx: &str) -> E2bResult<Response> {
-    st.manager.restart_context(id, ctx).await.map_err(|e| ctx_error(id, e))?;
+    st.manager
+        .restart_context(id, ctx)
+        .await
+        .map_err(|e| ctx_error(id, e))?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 async fn interrupt_context(st: &AppState, id: &str, ctx: &str) -> E2bResult<Response> {
-    st.manager.interrupt_context(id, ctx).await.map_err(|e| ctx_error(id, e))?;
+    st.manager
+        .interrupt_context(id, ctx)
+        .await
+        .map_err(|e| ctx_error(id, e))?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -236,7 +245,10 @@ mod tests {
         assert_eq!(v["is_main_result"], true);
         assert_eq!(v["extra"]["application/x-custom"], 1);
         let v = e2b_line(CodeEvent::ExecutionCount { execution_count: 3 }).unwrap();
-        assert_eq!(v, json!({"type": "number_of_executions", "execution_count": 3}));
+        assert_eq!(
+            v,
+            json!({"type": "number_of_executions", "execution_count": 3})
+        );
         let v = e2b_line(CodeEvent::Stdout { text: "hi".into() }).unwrap();
         assert!(v["timestamp"].as_str().unwrap().ends_with('Z'));
     }

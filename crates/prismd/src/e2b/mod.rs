@@ -88,7 +88,10 @@ pub fn router(state: AppState) -> Router {
             "/sandboxes",
             post(sandboxes::create).get(sandboxes::list_running),
         )
-        .route("/v2/sandboxes", post(sandboxes::create).get(sandboxes::list))
+        .route(
+            "/v2/sandboxes",
+            post(sandboxes::create).get(sandboxes::list),
+        )
         .route(sb, get(sandboxes::info).delete(sandboxes::kill))
         .route(&format!("{sb}/connect"), post(sandboxes::connect))
         .route(&format!("/v2{sb}/connect"), post(sandboxes::connect))

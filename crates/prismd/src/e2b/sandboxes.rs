@@ -108,9 +108,15 @@ fn created(sb: &Sandbox) -> Created {
 }
 
 fn detail(sb: &Sandbox, state: &'static str) -> Detail {
-    let started = sb.started_at.clone().unwrap_or_else(|| sb.created_at.clone());
+    let started = sb
+        .started_at
+        .clone()
+        .unwrap_or_else(|| sb.created_at.clone());
     // No TTL: E2B always shows an end; a sandbox without one ends at the lifetime cap.
-    let end = sb.expires_at.clone().unwrap_or_else(|| "9999-12-31T23:59:59Z".into());
+    let end = sb
+        .expires_at
+        .clone()
+        .unwrap_or_else(|| "9999-12-31T23:59:59Z".into());
     Detail {
         template_id: sb.template.clone(),
         alias: sb.template.clone(),
@@ -451,7 +457,10 @@ mod tests {
         let m = parse_metadata("user%3Dalice=x&b=c+d%26").unwrap();
         assert_eq!(
             m,
-            vec![("user=alice".into(), "x".into()), ("b".into(), "c d&".into())]
+            vec![
+                ("user=alice".into(), "x".into()),
+                ("b".into(), "c d&".into())
+            ]
         );
         assert!(parse_metadata("novalue").is_err());
         assert!(parse_metadata("a=%zz").is_err());
