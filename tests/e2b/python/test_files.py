@@ -71,3 +71,15 @@ def test_watch_dir_polling(sandbox):
         assert any(e.name == "new.txt" and e.type in (FilesystemEventType.CREATE, FilesystemEventType.WRITE) for e in seen)
     finally:
         handle.stop()
+
+
+def test_gzip_upload_and_download(sandbox):
+    text = "compress me " * 5000
+    sandbox.files.write("/tmp/files/gz.txt", text, gzip=True)
+    assert sandbox.commands.run("wc -c < /tmp/files/gz.txt").stdout.strip() == str(len(text))
+    assert sandbox.files.read("/tmp/files/gz.txt", gzip=True) == text
+
+
+def test_octet_stream_upload_without_gzip(sandbox):
+    sandbox.files.write("/tmp/files/raw.txt", "raw body", use_octet_stream=True)
+    assert sandbox.files.read("/tmp/files/raw.txt") == "raw body"

@@ -96,3 +96,15 @@ def test_unknown_template_is_an_error():
     with pytest.raises(SandboxException) as e:
         Sandbox.create(template="no-such-template-xyz", timeout=60)
     assert "no-such-template-xyz" in str(e.value)
+
+
+def test_list_by_template():
+    sb = Sandbox.create(timeout=60, metadata={"t": "tmpl"})
+    try:
+        listed = Sandbox.list(query=SandboxQuery(template="base", metadata={"t": "tmpl"})).next_items()
+        assert [s.sandbox_id for s in listed] == [sb.sandbox_id]
+        assert listed[0].template_id == "base"
+        none = Sandbox.list(query=SandboxQuery(template="other", metadata={"t": "tmpl"})).next_items()
+        assert none == []
+    finally:
+        sb.kill()

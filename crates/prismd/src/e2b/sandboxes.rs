@@ -325,6 +325,8 @@ pub struct ListQuery {
     state: Option<String>,
     next_token: Option<String>,
     limit: Option<usize>,
+    /// Template id or alias.
+    template: Option<String>,
 }
 
 /// Parses E2B's metadata filter (`k=v&k2=v2`, each part percent-encoded).
@@ -388,6 +390,7 @@ pub async fn list(
         }
     }
     let metadata = parse_metadata(q.metadata.as_deref().unwrap_or(""))?;
+    let template = q.template.as_deref().filter(|t| !t.is_empty()).map(template_of);
     let limit = match q.limit {
         Some(0) => return Err(E2bError::bad_request("limit must be at least 1")),
         Some(n) => n.min(1000),
@@ -418,7 +421,8 @@ pub async fn list(
                 continue;
             };
             let meta_ok = metadata.iter().all(|(k, v)| sb.labels.get(k) == Some(v));
-            if states.contains(&state) && meta_ok {
+            let template_ok = template.as_ref().is_none_or(|t| *t == sb.template);
+            if states.contains(&state) && meta_ok && template_ok {
                 page.push(detail(&sb, state));
             }
         }
