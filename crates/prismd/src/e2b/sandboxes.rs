@@ -390,7 +390,11 @@ pub async fn list(
         }
     }
     let metadata = parse_metadata(q.metadata.as_deref().unwrap_or(""))?;
-    let template = q.template.as_deref().filter(|t| !t.is_empty()).map(template_of);
+    let template = q
+        .template
+        .as_deref()
+        .filter(|t| !t.is_empty())
+        .map(template_of);
     let limit = match q.limit {
         Some(0) => return Err(E2bError::bad_request("limit must be at least 1")),
         Some(n) => n.min(1000),
