@@ -154,3 +154,6 @@ pub fn unreachable_sandbox(id: &str, e: prism_core::lifecycle::LifecycleError) -
         e
     }
 }
+
+#[cfg(test)]
+mod tests;
