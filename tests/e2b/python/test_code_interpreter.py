@@ -6,7 +6,7 @@ from e2b_code_interpreter import Sandbox
 
 @pytest.fixture(scope="module")
 def ci():
-    sb = Sandbox.create(timeout=300)
+    sb = Sandbox.create(timeout=300, envs={"CI_VAR": "seen-by-code"})
     yield sb
     sb.kill()
 
@@ -66,3 +66,7 @@ def test_per_run_envs_are_refused_clearly(ci):
     with pytest.raises(Exception) as e:
         ci.run_code("1", envs={"A": "b"})
     assert "not supported" in str(e.value)
+
+
+def test_sandbox_envs_reach_code_contexts(ci):
+    assert ci.run_code("import os; os.environ['CI_VAR']").text == "'seen-by-code'"

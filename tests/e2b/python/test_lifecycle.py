@@ -108,3 +108,17 @@ def test_list_by_template():
         assert none == []
     finally:
         sb.kill()
+
+
+def test_metrics_report_current_usage():
+    sb = Sandbox.create(timeout=60)
+    try:
+        sb.commands.run("python3 -c 'x = bytearray(20 << 20); import time; time.sleep(0.1)'")
+        samples = sb.get_metrics()
+        assert len(samples) == 1
+        m = samples[0]
+        assert m.mem_used > 0
+        assert m.cpu_count >= 1
+        assert m.cpu_used_pct >= 0
+    finally:
+        sb.kill()

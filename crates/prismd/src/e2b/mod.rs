@@ -99,6 +99,7 @@ pub fn router(state: AppState) -> Router {
         .route(&format!("{sb}/pause"), post(sandboxes::pause))
         .route(&format!("{sb}/timeout"), post(sandboxes::set_timeout))
         .route(&format!("{sb}/refreshes"), post(sandboxes::refresh))
+        .route(&format!("{sb}/metrics"), get(sandboxes::metrics))
         .with_state(state)
 }
 

@@ -315,6 +315,56 @@ pub async fn refresh(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// One sample of `GET /sandboxes/{id}/metrics`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Metric {
+    timestamp: String,
+    timestamp_unix: i64,
+    cpu_count: u64,
+    /// Average since the sandbox started (Prism keeps no history of samples).
+    cpu_used_pct: f64,
+    mem_used: u64,
+    mem_total: u64,
+    mem_cache: u64,
+    disk_used: u64,
+    disk_total: u64,
+}
+
+/// `GET /sandboxes/{id}/metrics`: the current usage as a one-sample series (the `start`/`end`
+/// window is not kept: Prism reads cgroup counters, it does not store a history).
+pub async fn metrics(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> E2bResult<Json<Vec<Metric>>> {
+    check_api_key(&headers)?;
+    let (sb, state) = live(&st, &id).await?;
+    if state != "running" {
+        return Ok(Json(Vec::new()));
+    }
+    let m = st.manager.metrics(&id).await?;
+    let d = detail(&sb, state);
+    let now = prism_core::lifecycle::now_ms();
+    let started_ms = humantime::parse_rfc3339(&d.started_at)
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(now, |t| i64::try_from(t.as_millis()).unwrap_or(now));
+    let wall_ns = u64::try_from(now.saturating_sub(started_ms).max(1)).unwrap_or(1) * 1_000_000;
+    let pct = m.cpu_usage_ns as f64 * 100.0 / (wall_ns as f64 * d.cpu_count as f64);
+    Ok(Json(vec![Metric {
+        timestamp: prism_core::lifecycle::rfc3339(now),
+        timestamp_unix: now / 1000,
+        cpu_count: d.cpu_count,
+        cpu_used_pct: (pct * 100.0).round() / 100.0,
+        mem_used: m.memory_bytes,
+        mem_total: m.memory_limit_bytes.unwrap_or(0),
+        mem_cache: 0,
+        disk_used: m.disk_bytes,
+        disk_total: d.disk_size_mb * 1024 * 1024,
+    }]))
+}
+
 /// Query of `GET /v2/sandboxes`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
