@@ -49,3 +49,20 @@ async def test_async_watch_dir_stream():
         assert any(e.name == "x.txt" for e in events)
     finally:
         await sb.kill()
+
+
+@pytest.mark.asyncio
+async def test_async_code_interpreter():
+    from e2b_code_interpreter import AsyncSandbox as AsyncCodeSandbox
+
+    sb = await AsyncCodeSandbox.create(timeout=120)
+    try:
+        assert (await sb.run_code("n = 10")).error is None
+        out = []
+        ex = await sb.run_code("print('async'); n + 1", on_stdout=lambda m: out.append(m.line))
+        assert ex.text == "11"
+        assert "".join(out) == "async\n"
+        ctx = await sb.create_code_context(language="python")
+        assert (await sb.run_code("n", context=ctx)).error.name == "NameError"
+    finally:
+        await sb.kill()
