@@ -70,3 +70,33 @@ test('files: write, read, list, exists, makeDir, rename, remove', async () => {
     await sbx.kill()
   }
 })
+
+test('list with metadata filter and pagination, setTimeout, pause and connect', async () => {
+  const tag = `js-${process.pid}-${Date.now()}`
+  const boxes = []
+  try {
+    for (let i = 0; i < 3; i++) boxes.push(await Sandbox.create({ timeoutMs: 120_000, metadata: { tag } }))
+    const paginator = Sandbox.list({ query: { metadata: { tag } }, limit: 2 })
+    const first = await paginator.nextItems()
+    assert.equal(first.length, 2)
+    assert.equal(paginator.hasNext, true)
+    const second = await paginator.nextItems()
+    assert.equal(paginator.hasNext, false)
+    assert.deepEqual(
+      [...first, ...second].map((s) => s.sandboxId).sort(),
+      boxes.map((b) => b.sandboxId).sort(),
+    )
+
+    const before = (await boxes[0].getInfo()).endAt.getTime()
+    await boxes[0].setTimeout(3_600_000)
+    assert.ok((await boxes[0].getInfo()).endAt.getTime() - before > 3_000_000)
+
+    await boxes[1].files.write('/root/kept.txt', 'kept')
+    assert.equal(await boxes[1].pause(), true)
+    assert.equal((await boxes[1].getInfo()).state, 'paused')
+    const again = await Sandbox.connect(boxes[1].sandboxId)
+    assert.equal(await again.files.read('/root/kept.txt'), 'kept')
+  } finally {
+    for (const b of boxes) await b.kill()
+  }
+})
