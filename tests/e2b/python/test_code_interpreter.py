@@ -70,3 +70,16 @@ def test_per_run_envs_are_refused_clearly(ci):
 
 def test_sandbox_envs_reach_code_contexts(ci):
     assert ci.run_code("import os; os.environ['CI_VAR']").text == "'seen-by-code'"
+
+
+def test_client_timeout_interrupts_the_run(ci):
+    from e2b import TimeoutException
+
+    slow = "import time\nfor _ in range(300):\n    time.sleep(0.1)\nfinished = True"
+    with pytest.raises(TimeoutException):
+        ci.run_code(slow, timeout=1)
+    # Closing the stream interrupted the run: the loop never got to set `finished`, and the
+    # context takes new code (it would otherwise be busy for 30 s and then set it).
+    ex = ci.run_code("'finished' in globals()")
+    assert ex.error is None, ex.error
+    assert ex.text == "False"

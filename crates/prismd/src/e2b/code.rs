@@ -55,11 +55,44 @@ async fn body_json<T: serde::de::DeserializeOwned>(req: Request) -> E2bResult<T>
     serde_json::from_slice(bytes).map_err(|e| E2bError::bad_request(format!("bad JSON body: {e}")))
 }
 
-/// E2B language names → Prism's.
+/// E2B language names → Prism's canonical ones (unknown names pass through; the manager
+/// rejects them).
 fn language(l: &str) -> String {
-    match l {
-        "js" | "javascript" | "ts" | "typescript" => "javascript".into(),
-        other => other.to_string(),
+    match l.to_ascii_lowercase().as_str() {
+        "js" | "javascript" | "ts" | "typescript" | "node" | "nodejs" => "javascript".into(),
+        "python" | "python3" | "py" => "python".into(),
+        "bash" | "shell" | "sh" => "bash".into(),
+        _ => l.to_string(),
+    }
+}
+
+/// Interrupts the run's context if the client goes away before the run ended: the code
+/// interpreter SDKs cancel an execution (their `timeout`, a KeyboardInterrupt) by closing the
+/// `/execute` connection.
+struct InterruptOnDisconnect {
+    st: AppState,
+    sandbox: String,
+    context: String,
+    ended: bool,
+}
+
+impl Drop for InterruptOnDisconnect {
+    fn drop(&mut self) {
+        if self.ended {
+            return;
+        }
+        let (st, sandbox, context) = (
+            self.st.clone(),
+            std::mem::take(&mut self.sandbox),
+            std::mem::take(&mut self.context),
+        );
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                if let Err(error) = st.manager.interrupt_context(&sandbox, &context).await {
+                    tracing::debug!(message = "interrupt after disconnect failed", sandbox_id = %sandbox, %error);
+                }
+            });
+        }
     }
 }
 
@@ -88,12 +121,30 @@ async fn execute(st: &AppState, id: &str, req: Request) -> E2bResult<Response> {
         context_id: req.context_id,
         timeout_s: None,
     };
+    // The context that runs the code: the named one, or the language's default context.
+    let context = match (&run.context_id, &run.language) {
+        (Some(c), _) => c.clone(),
+        (None, Some(l)) => format!("default-{l}"),
+        (None, None) => String::new(),
+    };
     let events = st
         .manager
         .run_code(id, run)
         .await
         .map_err(|e| unreachable_sandbox(id, e))?;
-    let body = events.map(|ev| {
+    let mut guard = InterruptOnDisconnect {
+        st: st.clone(),
+        sandbox: id.to_string(),
+        context,
+        ended: false,
+    };
+    let body = events.map(move |ev| {
+        // The whole guard moves into the stream (not just the field), so it lives as long as
+        // the response body.
+        let guard = &mut guard;
+        if matches!(ev, Ok(CodeEvent::End { .. }) | Err(_)) {
+            guard.ended = true;
+        }
         let line = match ev {
             Ok(ev) => e2b_line(ev),
             Err(e) => Some(json!({"type": "error", "name": "AgentError",
