@@ -139,14 +139,23 @@ pub async fn upload(
                     })?,
                     &user,
                 );
+                let mut gunzip = gzip_body(req.headers())?;
                 let mut file = create_file(&dest, &user).await?;
                 let mut body = req.into_body();
                 while let Some(frame) = body.frame().await {
                     let frame = frame
                         .map_err(|e| ConnectError::new(Code::Canceled, format!("upload: {e}")))?;
                     if let Ok(data) = frame.into_data() {
+                        let data = match gunzip.as_mut() {
+                            Some(g) => inflate(g, &data)?,
+                            None => data,
+                        };
                         file.write_all(&data).await.map_err(|e| io_err(e, &dest))?;
                     }
+                }
+                if let Some(g) = gunzip {
+                    let rest = g.finish().map_err(gzip_err)?;
+                    file.write_all(&rest).await.map_err(|e| io_err(e, &dest))?;
                 }
                 finish_file(file, &dest).await?;
                 written.push(uploaded(&dest));
@@ -161,6 +170,38 @@ pub async fn upload(
         }
         .await,
     )
+}
+
+/// A gzip decoder when the raw upload says `Content-Encoding: gzip` (envd's compressed
+/// upload); other encodings are refused rather than stored compressed.
+fn gzip_body(
+    headers: &http::HeaderMap,
+) -> Result<Option<flate2::write::GzDecoder<Vec<u8>>>, ConnectError> {
+    match headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+    {
+        None | Some("" | "identity") => Ok(None),
+        Some(e) if e.eq_ignore_ascii_case("gzip") => {
+            Ok(Some(flate2::write::GzDecoder::new(Vec::new())))
+        }
+        Some(other) => Err(ConnectError::new(
+            Code::InvalidArgument,
+            format!("unsupported Content-Encoding {other:?}: send gzip or no encoding"),
+        )),
+    }
+}
+
+/// Feeds one compressed chunk and takes what it decompressed to so far.
+fn inflate(g: &mut flate2::write::GzDecoder<Vec<u8>>, data: &[u8]) -> Result<Bytes, ConnectError> {
+    use std::io::Write as _;
+    g.write_all(data).map_err(gzip_err)?;
+    Ok(Bytes::from(std::mem::take(g.get_mut())))
+}
+
+fn gzip_err(e: std::io::Error) -> ConnectError {
+    ConnectError::new(Code::InvalidArgument, format!("bad gzip upload: {e}"))
 }
 
 fn multipart_err(e: multer::Error) -> ConnectError {

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 mod code;
+mod env;
 mod fdio;
 mod files;
 mod fsops;
@@ -80,10 +81,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .filter(|(k, _)| !k.starts_with("PRISM_AGENT_"))
         .collect();
 
+    let base_env = Arc::new(env::BaseEnv::new(base_env));
+
     let reaper = Arc::new(reaper::Reaper::default());
     let app = Arc::new(server::App {
         processes: process::Processes::new(reaper.clone(), base_env.clone()),
-        contexts: code::Contexts::new(reaper.clone(), base_env),
+        contexts: code::Contexts::new(reaper.clone(), base_env.clone()),
+        env: base_env,
         watchers: Arc::new(watch::Watchers::default()),
         accounts: users::Accounts::default(),
     });

@@ -32,12 +32,23 @@ const MAX_UNARY: usize = 16 << 20;
 /// Keepalive interval on idle server streams.
 const KEEPALIVE: Duration = Duration::from_secs(30);
 
+/// Body of `POST /init` (envd's): the sandbox's environment variables. envd's other fields
+/// (access token, default user, timestamp) are accepted and ignored.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct InitRequest {
+    #[serde(default)]
+    env_vars: std::collections::BTreeMap<String, String>,
+}
+
 /// Shared state of the agent.
 pub struct App {
     pub processes: Arc<Processes>,
     pub watchers: Arc<Watchers>,
     pub accounts: Accounts,
     pub contexts: Arc<crate::code::Contexts>,
+    /// The sandbox-wide environment (`POST /init`).
+    pub env: Arc<crate::env::BaseEnv>,
 }
 
 /// The hyper service function.
@@ -61,6 +72,11 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<RespBo
     let path = req.uri().path().to_string();
     match (req.method(), path.as_str()) {
         (&Method::GET, "/health") => Ok(empty(StatusCode::NO_CONTENT)),
+        (&Method::POST, "/init") => {
+            let init: InitRequest = read_message(req).await?;
+            app.env.set(&init.env_vars);
+            Ok(empty(StatusCode::NO_CONTENT))
+        }
         (&Method::GET, "/files") => files::download(app, req).await,
         (&Method::POST, "/files") => files::upload(app, req).await,
         (&Method::GET, "/tar") => files::tar_download(app, req).await,

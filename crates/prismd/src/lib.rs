@@ -21,6 +21,7 @@ pub mod api;
 pub mod code;
 pub mod config;
 pub mod daemon;
+pub mod e2b;
 pub mod error;
 pub mod extract;
 pub mod images;
@@ -132,13 +133,15 @@ pub fn app(state: AppState) -> Router {
         .route(&format!("{sandbox}/invoke"), post(code::invoke))
         .route(&format!("{sandbox}/logs"), get(api::logs))
         .route(&format!("{sandbox}/metrics"), get(api::metrics))
-        .with_state(state);
+        .with_state(state.clone());
     Router::new()
         .merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
         .merge(api)
         .merge(images)
+        .merge(e2b::router(state.clone()))
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(state, e2b::data_plane))
         .layer(tower_http::trace::TraceLayer::new_for_http())
 }
 

@@ -82,7 +82,7 @@ pub struct Contexts {
     table: Mutex<HashMap<String, Arc<Context>>>,
     seq: AtomicU64,
     reaper: Arc<Reaper>,
-    base_env: Vec<(String, String)>,
+    base_env: Arc<crate::env::BaseEnv>,
 }
 
 fn not_found(id: &str) -> ConnectError {
@@ -106,7 +106,7 @@ impl Context {
 }
 
 impl Contexts {
-    pub fn new(reaper: Arc<Reaper>, base_env: Vec<(String, String)>) -> Arc<Self> {
+    pub fn new(reaper: Arc<Reaper>, base_env: Arc<crate::env::BaseEnv>) -> Arc<Self> {
         Arc::new(Self {
             table: Mutex::new(HashMap::new()),
             seq: AtomicU64::new(1),
@@ -121,13 +121,14 @@ impl Contexts {
     }
 
     fn start_driver(&self, ctx: &Context) -> Result<Driver, ConnectError> {
+        let base_env = self.base_env.snapshot();
         Driver::spawn(
             &DriverSpec {
                 language: ctx.language,
                 user: &ctx.user,
                 cwd: &ctx.cwd,
                 envs: &ctx.envs,
-                base_env: &self.base_env,
+                base_env: &base_env,
             },
             &self.reaper,
         )

@@ -43,7 +43,7 @@ pub struct Processes {
     count: watch::Sender<usize>,
     seq: AtomicU64,
     reaper: Arc<Reaper>,
-    base_env: Vec<(String, String)>,
+    base_env: Arc<crate::env::BaseEnv>,
 }
 
 /// A started process: its pid and the starter's subscription.
@@ -57,7 +57,7 @@ fn not_found(sel: &ProcessSelector) -> ConnectError {
 }
 
 impl Processes {
-    pub fn new(reaper: Arc<Reaper>, base_env: Vec<(String, String)>) -> Arc<Self> {
+    pub fn new(reaper: Arc<Reaper>, base_env: Arc<crate::env::BaseEnv>) -> Arc<Self> {
         Arc::new(Self {
             table: Mutex::new(HashMap::new()),
             count: watch::Sender::new(0),
@@ -91,8 +91,9 @@ impl Processes {
     ) -> Result<Started, ConnectError> {
         let config = req.process.unwrap_or_default();
         let pty = req.pty.map(|p| p.size.unwrap_or_default());
+        let base_env = self.base_env.snapshot();
         let params = spawn::SpawnParams {
-            base_env: &self.base_env,
+            base_env: &base_env,
             user,
             config: &config,
             pty,

@@ -14,6 +14,7 @@ pub mod logs;
 mod manager;
 #[cfg(test)]
 mod manager_tests;
+mod passthrough;
 mod pool;
 #[cfg(test)]
 mod pool_tests;

@@ -1,0 +1,115 @@
+//! The unmodified E2B SDKs against a real prismd (namespace runtime, root): runs the pytest
+//! suite in tests/e2b/python with the `e2b` and `e2b-code-interpreter` packages, and the
+//! node:test suite in tests/e2b/js with the TypeScript `e2b` package (both installed by
+//! scripts/setup). Missing interpreters or packages are a loud SKIP, never a silent pass.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use support::Daemon;
+
+/// Longest a whole suite may take.
+const SUITE_TIMEOUT: Duration = Duration::from_secs(900);
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The Python of the venv scripts/setup made (`$PRISM_E2B_PYTHON` overrides).
+fn python() -> PathBuf {
+    if let Some(p) = std::env::var_os("PRISM_E2B_PYTHON") {
+        return p.into();
+    }
+    let dir =
+        std::env::var_os("PRISM_E2B_DIR").map_or_else(|| "/opt/prism-e2b".into(), PathBuf::from);
+    dir.join("venv/bin/python")
+}
+
+/// Runs `cmd` against the daemon with the E2B variables set; panics with its output unless it
+/// succeeds.
+async fn run_suite(d: &Daemon, what: &str, mut cmd: tokio::process::Command) {
+    cmd.env("E2B_API_URL", d.url())
+        .env("E2B_SANDBOX_URL", d.url())
+        .env("E2B_API_KEY", "prism-e2b-test")
+        .env_remove("E2B_DOMAIN")
+        .env_remove("E2B_DEBUG")
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(SUITE_TIMEOUT, cmd.output())
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not finish in {SUITE_TIMEOUT:?}"))
+        .unwrap_or_else(|e| panic!("{what} could not start: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{stdout}\n{stderr}\n(daemon log in {})",
+        out.status,
+        d.state.display()
+    );
+    eprintln!("{what}: passed\n{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2b_python_sdks_pass_the_suite() {
+    if !support::root_or_skip("e2b_python_sdks_pass_the_suite") {
+        return;
+    }
+    let py = python();
+    let probe = std::process::Command::new(&py)
+        .args([
+            "-c",
+            "import e2b, e2b_code_interpreter, pytest, pytest_asyncio",
+        ])
+        .output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        eprintln!(
+            "SKIP: e2b_python_sdks_pass_the_suite: NOT run: {} cannot import e2b, \
+             e2b_code_interpreter and pytest (run scripts/setup)",
+            py.display()
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(dir.path()).await;
+    let mut cmd = tokio::process::Command::new(&py);
+    cmd.args(["-m", "pytest", "-q", "-rA"])
+        .current_dir(repo_root().join("tests/e2b/python"));
+    run_suite(&d, "pytest tests/e2b/python", cmd).await;
+    // Every sandbox the suite created was killed through the SDK.
+    let left = d.client.list_all(None, None).await.unwrap();
+    assert!(
+        left.is_empty(),
+        "sandboxes left behind: {:?}",
+        left.iter().map(|s| (&s.id, s.state)).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2b_js_sdk_passes_the_suite() {
+    if !support::root_or_skip("e2b_js_sdk_passes_the_suite") {
+        return;
+    }
+    let js = repo_root().join("tests/e2b/js");
+    let node_ok = std::process::Command::new("node")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !node_ok || !js.join("node_modules/e2b/package.json").exists() {
+        eprintln!(
+            "SKIP: e2b_js_sdk_passes_the_suite: NOT run: node or {}/node_modules/e2b is missing \
+             (run scripts/setup)",
+            js.display()
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(dir.path()).await;
+    let mut cmd = tokio::process::Command::new("node");
+    cmd.args(["--test", "sdk.test.mjs"]).current_dir(&js);
+    run_suite(&d, "node --test tests/e2b/js", cmd).await;
+}
