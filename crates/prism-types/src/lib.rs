@@ -131,6 +131,11 @@ pub struct CreateSandboxRequest {
     /// the network layer).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<String>,
+    /// TCP ports inside the sandbox to expose through the daemon's proxy at
+    /// `/v1/sandboxes/{id}/ports/{port}/` (1..=65535; any port is reachable there, these are
+    /// the ones listed by `prismctl port`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<u16>,
 }
 
 /// A sandbox as the API shows it.
@@ -151,6 +156,9 @@ pub struct Sandbox {
     #[serde(default)]
     pub resources: Resources,
     pub network: String,
+    /// Exposed ports (see [`CreateSandboxRequest::ports`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<u16>,
     /// TTL in seconds (0 = none).
     pub timeout_s: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
