@@ -318,6 +318,10 @@ pub mod codes {
     pub const INVALID_STATE: &str = "invalid_state";
     pub const TEMPLATE_NOT_FOUND: &str = "template_not_found";
     pub const AGENT_UNAVAILABLE: &str = "agent_unavailable";
+    /// Nothing accepts connections on the proxied port inside the sandbox.
+    pub const PORT_NOT_LISTENING: &str = "port_not_listening";
+    /// The proxied server broke the HTTP exchange.
+    pub const UPSTREAM_ERROR: &str = "upstream_error";
     pub const RUNTIME_ERROR: &str = "runtime_error";
     pub const STORAGE_FULL: &str = "storage_full";
     pub const INTERNAL: &str = "internal";

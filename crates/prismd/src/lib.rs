@@ -24,6 +24,7 @@ pub mod daemon;
 pub mod error;
 pub mod extract;
 pub mod images;
+pub mod ports;
 pub mod runtime;
 pub mod ws;
 
@@ -55,6 +56,7 @@ pub struct AppState {
         images::pull, images::list, images::remove, images::prune,
         code::run_code, code::create_context, code::list_contexts, code::delete_context,
         code::restart_context, code::interrupt_context, code::invoke,
+        ports::port_proxy,
     ),
     components(schemas(
         prism_types::ws::ExecStart, prism_types::ws::ClientMessage, prism_types::ws::ServerEvent,
@@ -68,6 +70,7 @@ pub struct AppState {
         (name = "logs", description = "Output log and metrics"),
         (name = "daemon", description = "Health and information"),
         (name = "images", description = "OCI images: pull, list, remove, prune"),
+        (name = "ports", description = "HTTP and WebSocket proxy to servers inside a sandbox"),
     )
 )]
 pub struct ApiDoc;
@@ -132,6 +135,14 @@ pub fn app(state: AppState) -> Router {
         .route(&format!("{sandbox}/invoke"), post(code::invoke))
         .route(&format!("{sandbox}/logs"), get(api::logs))
         .route(&format!("{sandbox}/metrics"), get(api::metrics))
+        .route(
+            &format!("{sandbox}/ports/{{port}}"),
+            axum::routing::any(ports::port_proxy),
+        )
+        .route(
+            &format!("{sandbox}/ports/{{port}}/{{*path}}"),
+            axum::routing::any(ports::port_proxy),
+        )
         .with_state(state);
     Router::new()
         .merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
