@@ -140,6 +140,10 @@ pub fn app(state: AppState) -> Router {
             axum::routing::any(ports::port_proxy),
         )
         .route(
+            &format!("{sandbox}/ports/{{port}}/"),
+            axum::routing::any(ports::port_proxy),
+        )
+        .route(
             &format!("{sandbox}/ports/{{port}}/{{*path}}"),
             axum::routing::any(ports::port_proxy),
         )

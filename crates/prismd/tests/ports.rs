@@ -164,7 +164,7 @@ async fn port_proxy_reaches_http_and_websocket_servers_in_a_sandbox_without_netw
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 400);
+    assert_eq!(r.status(), 422, "a port above 65535 is refused");
 
     // prismctl shows the URL.
     let out = Command::new(prismctl())
