@@ -19,6 +19,7 @@ use utoipa::ToSchema;
 
 pub mod code;
 pub mod images;
+pub mod network;
 pub mod ws;
 
 /// Default sandbox time-to-live when a create request does not say (seconds).

@@ -145,17 +145,9 @@ pub fn ports(ports: &[u16]) -> Result<(), LifecycleError> {
 }
 
 pub fn network(n: &str) -> Result<(), LifecycleError> {
-    match n {
-        "none" | "open" => Ok(()),
-        _ => match n.strip_prefix("allow=") {
-            Some(list) if !list.is_empty() && list.split(',').all(|e| !e.trim().is_empty()) => {
-                Ok(())
-            }
-            _ => Err(invalid(format!(
-                "invalid network {n:?}: use none, open or allow=CIDR|DOMAIN,..."
-            ))),
-        },
-    }
+    prism_types::network::NetworkMode::parse(n)
+        .map(|_| ())
+        .map_err(|e| invalid(e.to_string()))
 }
 
 /// A TTL in seconds, checked against the daemon's maximum lifetime (0 = unlimited).
