@@ -199,7 +199,8 @@ mod tests {
     #[test]
     fn bad_entries_are_refused_with_the_reason() {
         use NetworkSpecError as E;
-        let cases: &[(&str, fn(&E) -> bool)] = &[
+        type Check = fn(&E) -> bool;
+        let cases: &[(&str, Check)] = &[
             ("weird", |e| matches!(e, E::Mode(_))),
             ("allow=", |e| matches!(e, E::Mode(_))),
             ("allow=10.0.0.0/33", |e| matches!(e, E::Cidr(_))),
