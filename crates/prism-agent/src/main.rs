@@ -13,6 +13,7 @@ mod fdio;
 mod files;
 mod fsops;
 mod paths;
+mod ports;
 mod process;
 mod reaper;
 mod server;
@@ -105,7 +106,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     let app = app.clone();
                     tokio::spawn(async move {
                         let svc = service_fn(move |req| server::handle(app.clone(), req));
-                        let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
+                        let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).with_upgrades();
                         if let Err(e) = conn.await {
                             tracing::debug!(error = %e, "connection ended with an error");
                         }

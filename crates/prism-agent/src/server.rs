@@ -81,6 +81,9 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<RespBo
         (&Method::POST, "/files") => files::upload(app, req).await,
         (&Method::GET, "/tar") => files::tar_download(app, req).await,
         (&Method::PUT, "/tar") | (&Method::POST, "/tar") => files::tar_upload(app, req).await,
+        (&Method::GET, p) if p.starts_with(prism_proto::ports::PATH_PREFIX) => {
+            crate::ports::open(req).await
+        }
         (_, p) if p.starts_with("/code/") => crate::code::http::route(app, req).await,
         (&Method::POST, p) => {
             let Some((service, method)) = p.trim_start_matches('/').split_once('/') else {

@@ -38,8 +38,11 @@ pub mod envelope;
 pub mod error;
 pub mod filesystem;
 mod json;
+mod port_client;
+pub mod ports;
 pub mod process;
 
 pub use client::{AgentClient, ByteStream, RpcStream};
 pub use error::{Code, ConnectError, ProtoError};
 pub use json::{decode_base64, format_rfc3339};
+pub use port_client::PortStream;

@@ -19,6 +19,7 @@ use utoipa::ToSchema;
 
 pub mod code;
 pub mod images;
+pub mod network;
 pub mod ws;
 
 /// Default sandbox time-to-live when a create request does not say (seconds).
@@ -131,6 +132,11 @@ pub struct CreateSandboxRequest {
     /// the network layer).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<String>,
+    /// TCP ports inside the sandbox to expose through the daemon's proxy at
+    /// `/v1/sandboxes/{id}/ports/{port}/` (1..=65535; any port is reachable there, these are
+    /// the ones listed by `prismctl port`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<u16>,
 }
 
 /// A sandbox as the API shows it.
@@ -151,6 +157,9 @@ pub struct Sandbox {
     #[serde(default)]
     pub resources: Resources,
     pub network: String,
+    /// Exposed ports (see [`CreateSandboxRequest::ports`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<u16>,
     /// TTL in seconds (0 = none).
     pub timeout_s: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -335,6 +344,10 @@ pub mod codes {
     pub const INVALID_STATE: &str = "invalid_state";
     pub const TEMPLATE_NOT_FOUND: &str = "template_not_found";
     pub const AGENT_UNAVAILABLE: &str = "agent_unavailable";
+    /// Nothing accepts connections on the proxied port inside the sandbox.
+    pub const PORT_NOT_LISTENING: &str = "port_not_listening";
+    /// The proxied server broke the HTTP exchange.
+    pub const UPSTREAM_ERROR: &str = "upstream_error";
     pub const RUNTIME_ERROR: &str = "runtime_error";
     pub const STORAGE_FULL: &str = "storage_full";
     pub const INTERNAL: &str = "internal";

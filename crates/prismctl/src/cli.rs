@@ -67,6 +67,12 @@ pub enum Cmd {
     },
     /// Set a sandbox's TTL: it now expires in SECONDS (0 = never).
     Timeout { id: String, seconds: u64 },
+    /// Show the proxy URLs of a sandbox's exposed ports (or of PORT).
+    Port {
+        id: String,
+        #[arg(value_parser = clap::value_parser!(u16).range(1..))]
+        port: Option<u16>,
+    },
     /// Show the daemon's information.
     Info,
     /// Print a shell completion script.
@@ -115,6 +121,10 @@ pub struct RunArgs {
     /// none | open | allow=CIDR|DOMAIN,...
     #[arg(long)]
     pub network: Option<String>,
+    /// Expose a TCP port of the sandbox through the daemon's proxy (repeatable); prints its URL.
+    #[arg(short = 'p', long = "publish", value_name = "PORT",
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub ports: Vec<u16>,
     /// The command.
     #[arg(last = true)]
     pub cmd: Vec<String>,

@@ -15,6 +15,7 @@ mod attach;
 mod cli;
 mod code;
 mod cp;
+mod port;
 
 use cli::{Cli, Cmd, RunArgs};
 
@@ -82,6 +83,7 @@ fn create_request(a: &RunArgs, cmd: Option<Vec<String>>) -> anyhow::Result<Creat
         timeout_s: a.timeout,
         idle_timeout_s: a.idle_timeout,
         network: a.network.clone(),
+        ports: a.ports.clone(),
     })
 }
 
@@ -92,6 +94,9 @@ async fn run(client: &Client, json: bool, a: RunArgs) -> anyhow::Result<u8> {
     let sb = client.create(&create_request(&a, main_cmd)?).await;
     pb.finish_and_clear();
     let sb = sb?;
+    if !json {
+        port::announce(client, &sb);
+    }
     if !attached {
         if json {
             print_json(&sb)?;
@@ -265,6 +270,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             }
             Ok(0)
         }
+        Cmd::Port { id, port } => port::show(&client, json, &id, port).await,
         Cmd::Info => {
             let info = client.info().await?;
             if json {

@@ -100,6 +100,11 @@ fn agent_error(e: &AgentError) -> AppError {
             AppError::new(StatusCode::NOT_FOUND, codes::NOT_FOUND, e.to_string())
         }
         AgentError::InvalidArgument(_) => AppError::bad_request(e.to_string()),
+        AgentError::PortClosed(_) => AppError::new(
+            StatusCode::BAD_GATEWAY,
+            codes::PORT_NOT_LISTENING,
+            e.to_string(),
+        ),
         AgentError::Unavailable(_) | AgentError::Remote(_) => AppError::new(
             StatusCode::BAD_GATEWAY,
             codes::AGENT_UNAVAILABLE,

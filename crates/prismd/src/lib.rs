@@ -25,6 +25,7 @@ pub mod e2b;
 pub mod error;
 pub mod extract;
 pub mod images;
+pub mod ports;
 pub mod runtime;
 pub mod ws;
 
@@ -56,6 +57,7 @@ pub struct AppState {
         images::pull, images::list, images::remove, images::prune,
         code::run_code, code::create_context, code::list_contexts, code::delete_context,
         code::restart_context, code::interrupt_context, code::invoke,
+        ports::port_proxy,
     ),
     components(schemas(
         prism_types::ws::ExecStart, prism_types::ws::ClientMessage, prism_types::ws::ServerEvent,
@@ -69,6 +71,7 @@ pub struct AppState {
         (name = "logs", description = "Output log and metrics"),
         (name = "daemon", description = "Health and information"),
         (name = "images", description = "OCI images: pull, list, remove, prune"),
+        (name = "ports", description = "HTTP and WebSocket proxy to servers inside a sandbox"),
     )
 )]
 pub struct ApiDoc;
@@ -133,6 +136,18 @@ pub fn app(state: AppState) -> Router {
         .route(&format!("{sandbox}/invoke"), post(code::invoke))
         .route(&format!("{sandbox}/logs"), get(api::logs))
         .route(&format!("{sandbox}/metrics"), get(api::metrics))
+        .route(
+            &format!("{sandbox}/ports/{{port}}"),
+            axum::routing::any(ports::port_proxy),
+        )
+        .route(
+            &format!("{sandbox}/ports/{{port}}/"),
+            axum::routing::any(ports::port_proxy),
+        )
+        .route(
+            &format!("{sandbox}/ports/{{port}}/{{*path}}"),
+            axum::routing::any(ports::port_proxy),
+        )
         .with_state(state.clone());
     Router::new()
         .merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))

@@ -23,6 +23,9 @@ pub enum AgentError {
     InvalidArgument(String),
     #[error("the agent refused: {0}")]
     Remote(String),
+    /// Nothing accepts TCP connections on the port inside the sandbox.
+    #[error("{0}")]
+    PortClosed(String),
 }
 
 /// A process to start inside the sandbox.
@@ -121,6 +124,11 @@ pub trait Agent: Send + Sync {
     /// Unpack a tar archive into the directory `path` (created if missing).
     fn write_tar(&self, path: &str, tar: Bytes) -> BoxFuture<'_, AgentResult<()>>;
 
+    /// A TCP connection to `127.0.0.1:port` inside the sandbox (the port proxy's tunnel).
+    fn open_port(&self, _port: u16) -> BoxFuture<'_, AgentResult<PortTunnel>> {
+        Box::pin(async { Err(AgentError::Remote("this agent has no port tunnels".into())) })
+    }
+
     // ---- code contexts (see `super::code`); agents without them refuse ----
 
     fn create_context(
@@ -149,6 +157,13 @@ pub trait Agent: Send + Sync {
         Box::pin(async { Err(no_code()) })
     }
 }
+
+/// A byte stream into the sandbox.
+pub trait TunnelIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> TunnelIo for T {}
+
+/// A TCP connection to a port inside the sandbox.
+pub type PortTunnel = Box<dyn TunnelIo>;
 
 /// The events of a code run.
 pub type CodeEvents = BoxStream<'static, Result<CodeEvent, AgentError>>;

@@ -118,6 +118,7 @@ fn to_api(rec: &SandboxRecord) -> Sandbox {
         labels: rec.labels.clone(),
         resources: rec.spec.resources,
         network: rec.spec.network.clone().unwrap_or_default(),
+        ports: rec.spec.ports.clone(),
         timeout_s: rec.spec.timeout_s.unwrap_or(0),
         idle_timeout_s: rec.spec.idle_timeout_s,
         created_at: rfc3339(rec.created_at_ms),

@@ -18,6 +18,7 @@ mod passthrough;
 mod pool;
 #[cfg(test)]
 mod pool_tests;
+mod ports;
 pub mod proto_agent;
 mod recover;
 pub mod state;
@@ -26,7 +27,10 @@ pub mod validate;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-pub use agent::{Agent, AgentConnector, AgentError, CodeEvents, ProcEvent, ProcSpec, ProcStream};
+pub use agent::{
+    Agent, AgentConnector, AgentError, CodeEvents, PortTunnel, ProcEvent, ProcSpec, ProcStream,
+    TunnelIo,
+};
 pub use exec::{ExecSession, FileContent, ProcEvents};
 pub use janitor::SweepReport;
 pub use manager::{ManagerConfig, SandboxManager};

@@ -192,6 +192,19 @@ impl Agent for ProtoAgent {
         super::code_agent::invoke(&self.client, req).boxed()
     }
 
+    fn open_port(&self, port: u16) -> BoxFuture<'_, AgentResult<super::agent::PortTunnel>> {
+        async move {
+            match self.client.open_port(port).await {
+                Ok(s) => Ok(Box::new(s) as super::agent::PortTunnel),
+                Err(ProtoError::Rpc(c)) if c.code == Code::Unavailable => {
+                    Err(AgentError::PortClosed(c.message))
+                }
+                Err(e) => Err(map_err(e)),
+            }
+        }
+        .boxed()
+    }
+
     fn spawn(&self, spec: ProcSpec) -> BoxFuture<'_, AgentResult<ProcStream>> {
         async move {
             let mut argv = spec.argv.into_iter();

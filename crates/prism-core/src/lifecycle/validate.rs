@@ -124,18 +124,30 @@ pub fn resources(r: &Resources) -> Result<(), LifecycleError> {
     Ok(())
 }
 
-pub fn network(n: &str) -> Result<(), LifecycleError> {
-    match n {
-        "none" | "open" => Ok(()),
-        _ => match n.strip_prefix("allow=") {
-            Some(list) if !list.is_empty() && list.split(',').all(|e| !e.trim().is_empty()) => {
-                Ok(())
-            }
-            _ => Err(invalid(format!(
-                "invalid network {n:?}: use none, open or allow=CIDR|DOMAIN,..."
-            ))),
-        },
+/// A TCP port a server in the sandbox can listen on (1..=65535).
+pub fn port(p: u16) -> Result<(), LifecycleError> {
+    if p == 0 {
+        return Err(invalid("port 0 is not a port: use 1 to 65535".to_string()));
     }
+    Ok(())
+}
+
+/// The exposed ports of a create request: each in range, no duplicates.
+pub fn ports(ports: &[u16]) -> Result<(), LifecycleError> {
+    let mut seen = std::collections::BTreeSet::new();
+    for &p in ports {
+        port(p)?;
+        if !seen.insert(p) {
+            return Err(invalid(format!("port {p} is listed twice")));
+        }
+    }
+    Ok(())
+}
+
+pub fn network(n: &str) -> Result<(), LifecycleError> {
+    prism_types::network::NetworkMode::parse(n)
+        .map(|_| ())
+        .map_err(|e| invalid(e.to_string()))
 }
 
 /// A TTL in seconds, checked against the daemon's maximum lifetime (0 = unlimited).
@@ -168,6 +180,7 @@ pub fn create(
     env(&req.env)?;
     labels(&req.labels)?;
     resources(&req.resources)?;
+    ports(&req.ports)?;
     let timeout = req.timeout_s.unwrap_or(default_timeout_s);
     ttl("timeout_s", timeout, max_lifetime_s)?;
     if let Some(idle) = req.idle_timeout_s {

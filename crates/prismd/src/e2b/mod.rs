@@ -7,7 +7,7 @@
 //!   `E2b-Sandbox-Port` header: 49983 (envd) is passed through unchanged to the sandbox's agent,
 //!   which speaks envd's Connect-RPC services ([`envd`]); 49999 (the code interpreter) maps
 //!   `/execute` and `/contexts` onto Prism's code contexts ([`code`]); any other port goes to
-//!   [`sandbox_port`].
+//!   [`sandbox_port`] (Prism's port proxy).
 
 pub mod code;
 pub mod envd;
@@ -125,17 +125,17 @@ pub async fn data_plane(State(st): State<AppState>, req: Request, next: Next) ->
     }
 }
 
-/// Traffic for any other port of a sandbox. The generic port proxy is not part of this
-/// daemon yet; this is the single function to point at it.
-pub async fn sandbox_port(_st: &AppState, id: &str, port: u16, _req: Request) -> Response {
-    E2bError::new(
-        StatusCode::BAD_GATEWAY,
-        format!(
-            "port {port} of sandbox {id} is not reachable: Prism does not proxy sandbox ports \
-             through the E2B surface yet (only 49983 envd and 49999 code interpreter)"
-        ),
-    )
-    .into_response()
+/// Traffic for any other port of a sandbox: Prism's port proxy (through the agent's tunnel, so
+/// it works whatever the sandbox's network mode).
+pub async fn sandbox_port(st: &AppState, id: &str, port: u16, req: Request) -> Response {
+    let target = req
+        .uri()
+        .path_and_query()
+        .map_or_else(|| "/".to_string(), |pq| pq.as_str().to_string());
+    match crate::ports::proxy(&st.manager, id, port, &target, req).await {
+        Ok(resp) => resp,
+        Err(e) => E2bError::new(e.status, e.body.message).into_response(),
+    }
 }
 
 fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
