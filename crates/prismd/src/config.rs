@@ -10,6 +10,10 @@
 //! log_max_bytes = 8388608       # per-sandbox output log budget
 //! exec_output_limit = 1048576   # cap of stdout and of stderr of a buffered exec
 //! janitor_interval_s = 5
+//! auth = true                   # API keys (default: on unless listening on loopback)
+//! [limits]                      # per key / per project, with auth on (docs/auth.md)
+//! requests_per_s = 50
+//! max_sandboxes = 10
 //! ```
 
 use std::net::SocketAddr;
@@ -41,6 +45,13 @@ pub struct Flags {
     /// Log as JSON lines.
     #[arg(long, env = "PRISM_LOG_JSON")]
     pub log_json: bool,
+    /// Require API keys even on a loopback address.
+    #[arg(long, env = "PRISM_AUTH")]
+    pub auth: bool,
+    /// Allow serving WITHOUT authentication on a non-loopback address (anyone who reaches the
+    /// port controls every sandbox).
+    #[arg(long)]
+    pub insecure: bool,
 }
 
 /// The file layer. Unknown keys are errors.
@@ -58,6 +69,8 @@ pub struct FileConfig {
     pub agent_path: Option<PathBuf>,
     pub cgroup_parent: Option<String>,
     pub stop_sandboxes_on_shutdown: Option<bool>,
+    pub auth: Option<bool>,
+    pub limits: Option<crate::auth::Limits>,
 }
 
 /// The effective configuration.
@@ -78,6 +91,10 @@ pub struct Config {
     /// On SIGTERM, stop every running sandbox (default: leave them running for re-adoption).
     pub stop_sandboxes_on_shutdown: bool,
     pub log_json: bool,
+    /// Require API keys.
+    pub auth: bool,
+    /// Rate limits and quotas (with auth on).
+    pub limits: crate::auth::Limits,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +117,12 @@ pub enum ConfigError {
     NoStateDir,
     #[error("{0} must be at least 1")]
     Zero(&'static str),
+    #[error(
+        "refusing to serve without authentication on the non-loopback address {0}: remove \
+         `auth = false`, or pass --insecure if every client that reaches it may control every \
+         sandbox"
+    )]
+    Unauthenticated(String),
 }
 
 /// The default state directory: `/var/lib/prism` for root, else `$XDG_STATE_HOME/prism`
@@ -138,6 +161,11 @@ impl Config {
             )
             .ok_or(ConfigError::NoStateDir)?,
         };
+        let loopback = std::net::SocketAddr::ip(&listen).is_loopback();
+        let auth = flags.auth || file.auth.unwrap_or(!loopback && !flags.insecure);
+        if !auth && !loopback && !flags.insecure {
+            return Err(ConfigError::Unauthenticated(listen.to_string()));
+        }
         let janitor_interval_s = file.janitor_interval_s.unwrap_or(5);
         if janitor_interval_s == 0 {
             return Err(ConfigError::Zero("janitor_interval_s"));
@@ -164,6 +192,8 @@ impl Config {
                 .unwrap_or_else(|| prism_sys::cgroup::DEFAULT_PARENT.to_string()),
             stop_sandboxes_on_shutdown: file.stop_sandboxes_on_shutdown.unwrap_or(false),
             log_json: flags.log_json,
+            auth,
+            limits: file.limits.unwrap_or_default(),
         })
     }
 
@@ -219,6 +249,30 @@ mod tests {
         let e = Config::resolve(&flags, &FileConfig::default(), true);
         assert!(matches!(e, Err(ConfigError::Listen(_))));
         assert!(toml::from_str::<FileConfig>("bogus = 1").is_err());
+    }
+
+    #[test]
+    fn auth_is_on_off_loopback_unless_insecure() {
+        let at = |listen: &str, insecure: bool, file: &str| {
+            let flags = Flags {
+                listen: Some(listen.into()),
+                insecure,
+                ..Flags::default()
+            };
+            let file: FileConfig = toml::from_str(file).unwrap_or_else(|e| panic!("{e}"));
+            Config::resolve(&flags, &file, true).map(|c| c.auth)
+        };
+        assert!(matches!(at("127.0.0.1:1", false, ""), Ok(false)));
+        assert!(matches!(at("127.0.0.1:1", false, "auth = true"), Ok(true)));
+        assert!(matches!(at("0.0.0.0:1", false, ""), Ok(true)));
+        assert!(matches!(at("0.0.0.0:1", true, ""), Ok(false)));
+        assert!(matches!(
+            at("0.0.0.0:1", false, "auth = false"),
+            Err(ConfigError::Unauthenticated(_))
+        ));
+        let c: FileConfig = toml::from_str("[limits]\nmax_sandboxes = 2")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.limits.map(|l| l.max_sandboxes), Some(2));
     }
 
     #[test]

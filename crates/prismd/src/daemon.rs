@@ -128,7 +128,12 @@ pub async fn run(cfg: Config, runtime: Arc<dyn Runtime>) -> Result<(), DaemonErr
         source,
     })?;
     let _lock = lock_state_dir(sd)?;
-    let store = prism_store::open(&sd.join("prism.db"))?;
+    let store = Arc::new(prism_store::open(&sd.join("prism.db"))?);
+    let auth = Arc::new(crate::auth::Auth::new(cfg.auth, store.clone(), cfg.limits)?);
+    crate::auth::bootstrap(&auth, sd).map_err(|source| DaemonError::StateDir {
+        path: sd.join(crate::auth::ADMIN_KEY_FILE).display().to_string(),
+        source,
+    })?;
     let mcfg = ManagerConfig {
         state_dir: sd.clone(),
         default_timeout_s: cfg.default_timeout_s,
@@ -137,7 +142,7 @@ pub async fn run(cfg: Config, runtime: Arc<dyn Runtime>) -> Result<(), DaemonErr
         exec_output_limit: cfg.exec_output_limit,
         ..ManagerConfig::new(sd.clone())
     };
-    let manager = SandboxManager::new(Arc::new(store), runtime, Arc::new(ProtoAgents), mcfg)?;
+    let manager = SandboxManager::new(store, runtime, Arc::new(ProtoAgents), mcfg)?;
     let listener = TcpListener::bind(cfg.listen)
         .await
         .map_err(|source| DaemonError::Listen {
@@ -192,8 +197,9 @@ pub async fn run(cfg: Config, runtime: Arc<dyn Runtime>) -> Result<(), DaemonErr
         manager,
         ready,
         listen,
+        auth,
     };
-    tracing::info!(message = "prismd listening", %listen, state_dir = %sd.display());
+    tracing::info!(message = "prismd listening", %listen, state_dir = %sd.display(), auth = cfg.auth);
     eprintln!("prismd listening on http://{listen}");
     let shutdown = stop.clone();
     let server = axum::serve(listener, app(state)).with_graceful_shutdown(async move {

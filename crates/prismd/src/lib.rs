@@ -18,6 +18,7 @@ use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
 pub mod api;
+pub mod auth;
 pub mod code;
 pub mod config;
 pub mod daemon;
@@ -39,6 +40,8 @@ pub struct AppState {
     /// Set once recovery after start-up is done (`/readyz`).
     pub ready: Arc<AtomicBool>,
     pub listen: SocketAddr,
+    /// API keys, limits, audit; off (everyone is admin) unless configured or listening publicly.
+    pub auth: Arc<auth::Auth>,
 }
 
 /// The OpenAPI document, generated from the handlers and the prism-types schemas.
@@ -55,6 +58,8 @@ pub struct AppState {
         images::pull, images::list, images::remove, images::prune,
         code::run_code, code::create_context, code::list_contexts, code::delete_context,
         code::restart_context, code::interrupt_context, code::invoke,
+        auth::routes::create_key, auth::routes::list_keys, auth::routes::revoke_key,
+        auth::routes::audit,
     ),
     components(schemas(
         prism_types::ws::ExecStart, prism_types::ws::ClientMessage, prism_types::ws::ServerEvent,
@@ -68,6 +73,7 @@ pub struct AppState {
         (name = "logs", description = "Output log and metrics"),
         (name = "daemon", description = "Health and information"),
         (name = "images", description = "OCI images: pull, list, remove, prune"),
+        (name = "auth", description = "API keys and the audit trail"),
     )
 )]
 pub struct ApiDoc;
@@ -92,10 +98,22 @@ async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) ->
 pub fn app(state: AppState) -> Router {
     let sandbox = "/v1/sandboxes/{id}";
     let images = images::router(&state.manager.config().state_dir);
-    let api = Router::new()
+    let open = Router::new()
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
+        .with_state(state.clone());
+    let guard = axum::middleware::from_fn_with_state(state.clone(), auth::guard::guard);
+    let api = Router::new()
         .route("/v1/info", get(api::info))
+        .route(
+            "/v1/api-keys",
+            post(auth::routes::create_key).get(auth::routes::list_keys),
+        )
+        .route(
+            "/v1/api-keys/{key_id}",
+            axum::routing::delete(auth::routes::revoke_key),
+        )
+        .route("/v1/audit", get(auth::routes::audit))
         .route("/v1/sandboxes", post(api::create).get(api::list))
         .route(sandbox, get(api::inspect).delete(api::destroy))
         .route(&format!("{sandbox}/stop"), post(api::stop))
@@ -133,10 +151,12 @@ pub fn app(state: AppState) -> Router {
         .route(&format!("{sandbox}/logs"), get(api::logs))
         .route(&format!("{sandbox}/metrics"), get(api::metrics))
         .with_state(state);
+    // Every route merged above `route_layer` is behind the auth guard (new routes included).
+    let guarded = Router::new().merge(api).merge(images).route_layer(guard);
     Router::new()
         .merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
-        .merge(api)
-        .merge(images)
+        .merge(open)
+        .merge(guarded)
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(tower_http::trace::TraceLayer::new_for_http())
