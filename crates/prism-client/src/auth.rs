@@ -48,3 +48,37 @@ impl Client {
         self.json(self.req(Method::GET, url)).await
     }
 }
+
+impl Client {
+    /// Set a project secret (`project`: admin keys only).
+    pub async fn set_secret(&self, name: &str, value: &str, project: Option<&str>) -> Result<()> {
+        let url = self.url(&["v1", "secrets", name]);
+        let body = prism_types::auth::SetSecretRequest {
+            value: value.to_string(),
+            project: project.map(str::to_string),
+        };
+        self.send(self.req(Method::PUT, url).json(&body))
+            .await
+            .map(|_| ())
+    }
+
+    /// Names of a project's secrets.
+    pub async fn list_secrets(
+        &self,
+        project: Option<&str>,
+    ) -> Result<Vec<prism_types::auth::SecretInfo>> {
+        let mut url = self.url(&["v1", "secrets"]);
+        if let Some(p) = project {
+            url.query_pairs_mut().append_pair("project", p);
+        }
+        self.json(self.req(Method::GET, url)).await
+    }
+
+    pub async fn remove_secret(&self, name: &str, project: Option<&str>) -> Result<()> {
+        let mut url = self.url(&["v1", "secrets", name]);
+        if let Some(p) = project {
+            url.query_pairs_mut().append_pair("project", p);
+        }
+        self.send(self.req(Method::DELETE, url)).await.map(|_| ())
+    }
+}

@@ -76,6 +76,9 @@ pub enum Cmd {
     /// Manage API keys (admin key needed).
     #[command(subcommand, name = "api-key")]
     ApiKey(crate::keys::ApiKeyCmd),
+    /// Manage project secrets (injected as environment variables into new processes).
+    #[command(subcommand)]
+    Secret(crate::keys::SecretCmd),
     /// Show the audit trail: who did what to which sandbox, when.
     Audit {
         /// Only this sandbox (id).

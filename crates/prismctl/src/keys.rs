@@ -25,6 +25,69 @@ pub enum ApiKeyCmd {
     Revoke { ids: Vec<String> },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum SecretCmd {
+    /// Set a secret; without VALUE, it is read from stdin (keeps it out of shell history).
+    Set {
+        name: String,
+        value: Option<String>,
+        /// Project (admin keys; a project key always sets its own).
+        #[arg(long)]
+        project: Option<String>,
+    },
+    /// List secret names (values are never shown).
+    Ls {
+        #[arg(long)]
+        project: Option<String>,
+    },
+    /// Remove secrets.
+    Rm {
+        names: Vec<String>,
+        #[arg(long)]
+        project: Option<String>,
+    },
+}
+
+pub async fn secret_cmd(client: &Client, json: bool, cmd: SecretCmd) -> anyhow::Result<()> {
+    match cmd {
+        SecretCmd::Set {
+            name,
+            value,
+            project,
+        } => {
+            let value = match value {
+                Some(v) => v,
+                None => {
+                    let mut v = String::new();
+                    std::io::Read::read_to_string(&mut std::io::stdin(), &mut v)?;
+                    v.trim_end_matches(['\r', '\n']).to_string()
+                }
+            };
+            client.set_secret(&name, &value, project.as_deref()).await?;
+        }
+        SecretCmd::Ls { project } => {
+            let list = client.list_secrets(project.as_deref()).await?;
+            if json {
+                print_json(&list)?;
+            } else {
+                println!("{:<16}  {:<32}  UPDATED", "PROJECT", "NAME");
+                for s in list {
+                    println!("{:<16}  {:<32}  {}", s.project, s.name, s.updated_at);
+                }
+            }
+        }
+        SecretCmd::Rm { names, project } => {
+            if names.is_empty() {
+                anyhow::bail!("name the secrets to remove (see `prismctl secret ls`)");
+            }
+            for n in names {
+                client.remove_secret(&n, project.as_deref()).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Where prismd keeps its state on this host by default, most specific first.
 fn state_dirs() -> Vec<PathBuf> {
     let mut dirs = Vec::new();

@@ -172,6 +172,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
     let client = client.with_api_key(key);
     match cli.cmd {
         Cmd::ApiKey(c) => keys::api_key_cmd(&client, json, c).await.map(|()| 0),
+        Cmd::Secret(c) => keys::secret_cmd(&client, json, c).await.map(|()| 0),
         Cmd::Audit {
             sandbox,
             after,

@@ -48,6 +48,8 @@ pub enum DaemonError {
     Runtime(#[from] crate::runtime::BuildError),
     #[error(transparent)]
     Lifecycle(#[from] LifecycleError),
+    #[error(transparent)]
+    Secrets(#[from] crate::auth::secrets::SecretsError),
     #[error("cannot listen on {addr}")]
     Listen {
         addr: String,
@@ -129,7 +131,10 @@ pub async fn run(cfg: Config, runtime: Arc<dyn Runtime>) -> Result<(), DaemonErr
     })?;
     let _lock = lock_state_dir(sd)?;
     let store = Arc::new(prism_store::open(&sd.join("prism.db"))?);
-    let auth = Arc::new(crate::auth::Auth::new(cfg.auth, store.clone(), cfg.limits)?);
+    let secrets = Arc::new(crate::auth::secrets::Secrets::open(sd, store.clone())?);
+    let auth = Arc::new(
+        crate::auth::Auth::new(cfg.auth, store.clone(), cfg.limits)?.with_secrets(secrets.clone()),
+    );
     crate::auth::bootstrap(&auth, sd).map_err(|source| DaemonError::StateDir {
         path: sd.join(crate::auth::ADMIN_KEY_FILE).display().to_string(),
         source,
@@ -143,6 +148,7 @@ pub async fn run(cfg: Config, runtime: Arc<dyn Runtime>) -> Result<(), DaemonErr
         ..ManagerConfig::new(sd.clone())
     };
     let manager = SandboxManager::new(store, runtime, Arc::new(ProtoAgents), mcfg)?;
+    manager.set_secret_env(Arc::new(crate::auth::secrets::Provider(secrets)));
     let listener = TcpListener::bind(cfg.listen)
         .await
         .map_err(|source| DaemonError::Listen {

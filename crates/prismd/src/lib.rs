@@ -60,6 +60,7 @@ pub struct AppState {
         code::restart_context, code::interrupt_context, code::invoke,
         auth::routes::create_key, auth::routes::list_keys, auth::routes::revoke_key,
         auth::routes::audit,
+        auth::secret_routes::set, auth::secret_routes::list, auth::secret_routes::remove,
     ),
     components(schemas(
         prism_types::ws::ExecStart, prism_types::ws::ClientMessage, prism_types::ws::ServerEvent,
@@ -73,7 +74,7 @@ pub struct AppState {
         (name = "logs", description = "Output log and metrics"),
         (name = "daemon", description = "Health and information"),
         (name = "images", description = "OCI images: pull, list, remove, prune"),
-        (name = "auth", description = "API keys and the audit trail"),
+        (name = "auth", description = "API keys, project secrets and the audit trail"),
     )
 )]
 pub struct ApiDoc;
@@ -114,6 +115,11 @@ pub fn app(state: AppState) -> Router {
             axum::routing::delete(auth::routes::revoke_key),
         )
         .route("/v1/audit", get(auth::routes::audit))
+        .route("/v1/secrets", get(auth::secret_routes::list))
+        .route(
+            "/v1/secrets/{name}",
+            axum::routing::put(auth::secret_routes::set).delete(auth::secret_routes::remove),
+        )
         .route("/v1/sandboxes", post(api::create).get(api::list))
         .route(sandbox, get(api::inspect).delete(api::destroy))
         .route(&format!("{sandbox}/stop"), post(api::stop))

@@ -287,3 +287,125 @@ fn refuses_to_serve_unauthenticated_on_a_public_address() {
     assert!(err.contains("refusing to serve without authentication"), "{err}");
     assert!(err.contains("--insecure"), "{err}");
 }
+
+fn printenv(name: &str) -> prism_types::ExecRequest {
+    prism_types::ExecRequest {
+        command: Some(format!("printenv {name}")),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_reach_the_sandbox_env_and_nothing_else() {
+    if !support::root_or_skip("secrets_reach_the_sandbox_env_and_nothing_else") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start_with(
+        dir.path(),
+        "auth = true\n[limits]\nrequests_per_s = 0\ncreates_per_s = 0\n",
+    )
+    .await;
+    let base = d.url();
+    let admin = client(&d, &admin_key(&d));
+    let (_, p_key) = project_key(&admin, "proj").await;
+    let (_, q_key) = project_key(&admin, "other").await;
+    let (p, q) = (client(&d, &p_key), client(&d, &q_key));
+    let secret = format!(
+        "s3cr3t-{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+
+    // Set through prismctl, the value on stdin.
+    let mut child = Command::new(prismctl())
+        .args(["--api", &base, "secret", "set", "API_TOKEN"])
+        .env("PRISM_API_KEY", &p_key)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        writeln!(stdin, "{secret}").unwrap();
+    }
+    assert!(child.wait().unwrap().success());
+
+    // The main process and every exec see it; another project's sandbox does not.
+    let req: CreateSandboxRequest = serde_json::from_value(serde_json::json!({
+        "name": "with-secret",
+        "cmd": ["sh", "-c", "printenv API_TOKEN > /tmp/main-env; exec sleep 600"],
+    }))
+    .unwrap();
+    let sb = p.create(&req).await.unwrap();
+    let r = p.exec(&sb.id, &printenv("API_TOKEN")).await.unwrap();
+    assert_eq!(r.stdout.trim(), secret);
+    let main_env = support::eventually(20, "the main process's env file", || {
+        let p = p.clone();
+        let id = sb.id.clone();
+        async move {
+            match p.read_path(&id, "/tmp/main-env", false).await {
+                Ok(prism_client::PathContent::File(b)) if !b.is_empty() => Some(b),
+                _ => None,
+            }
+        }
+    })
+    .await;
+    assert_eq!(String::from_utf8_lossy(&main_env).trim(), secret);
+    let other = q.create(&named("no-secret")).await.unwrap();
+    let r = q.exec(&other.id, &printenv("API_TOKEN")).await.unwrap();
+    assert_ne!(r.exit_code, 0, "another project's sandbox got the secret: {r:?}");
+
+    // Still injected after a restart (the owner is recorded by then).
+    p.restart(&sb.id).await.unwrap();
+    let r = p.exec(&sb.id, &printenv("API_TOKEN")).await.unwrap();
+    assert_eq!(r.stdout.trim(), secret);
+
+    // No response, audit record, log or database page holds the value.
+    let http = reqwest::Client::new();
+    let mut bodies = Vec::new();
+    for path in [
+        format!("/v1/sandboxes/{}", sb.id),
+        "/v1/sandboxes".to_string(),
+        "/v1/secrets".to_string(),
+        "/v1/audit?limit=1000".to_string(),
+        format!("/v1/sandboxes/{}/events", sb.id),
+    ] {
+        let text = http
+            .get(format!("{base}{path}"))
+            .bearer_auth(&p_key)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        bodies.push((path, text));
+    }
+    assert!(bodies[2].1.contains("API_TOKEN"), "{}", bodies[2].1);
+    let audit = &bodies[3].1;
+    assert!(audit.contains("PUT /v1/secrets/{name}"), "{audit}");
+    for (path, text) in &bodies {
+        assert!(!text.contains(&secret), "GET {path} returned the secret");
+    }
+    for entry in std::fs::read_dir(&d.state).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            let bytes = std::fs::read(&path).unwrap();
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "{} holds the secret in clear",
+                path.display()
+            );
+        }
+    }
+
+    // Removed: new processes no longer get it.
+    p.remove_secret("API_TOKEN", None).await.unwrap();
+    let r = p.exec(&sb.id, &printenv("API_TOKEN")).await.unwrap();
+    assert_ne!(r.exit_code, 0);
+    admin.destroy(&sb.id).await.unwrap();
+    admin.destroy(&other.id).await.unwrap();
+}

@@ -65,6 +65,7 @@ pub(crate) struct Inner {
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     pub live: Mutex<HashMap<String, Live>>,
     logs: Mutex<HashMap<String, Arc<LogHub>>>,
+    pub(crate) secret_env: std::sync::OnceLock<Arc<dyn super::secret_env::SecretEnv>>,
 }
 
 /// The sandbox manager. Cheap to clone.
@@ -129,6 +130,7 @@ impl SandboxManager {
                 locks: Mutex::new(HashMap::new()),
                 live: Mutex::new(HashMap::new()),
                 logs: Mutex::new(HashMap::new()),
+                secret_env: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -382,7 +384,7 @@ impl SandboxManager {
             let agent = self.agent_of(&handle);
             let proc_spec = ProcSpec {
                 argv: cmd,
-                env: rec.spec.env.clone(),
+                env: self.process_env(&rec).await,
                 tag: Some(MAIN_TAG.into()),
                 ..ProcSpec::default()
             };

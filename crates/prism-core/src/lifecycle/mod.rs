@@ -16,6 +16,7 @@ mod manager;
 mod manager_tests;
 pub mod proto_agent;
 mod recover;
+mod secret_env;
 pub mod state;
 pub mod templates;
 pub mod validate;
@@ -27,6 +28,7 @@ pub use exec::{ExecSession, FileContent, ProcEvents};
 pub use janitor::SweepReport;
 pub use manager::{ManagerConfig, SandboxManager};
 pub use proto_agent::ProtoAgents;
+pub use secret_env::SecretEnv;
 pub use state::{Action, InvalidState, Plan};
 
 use crate::RuntimeError;

@@ -28,6 +28,8 @@ use crate::error::AppError;
 pub mod guard;
 pub mod limits;
 pub mod routes;
+pub mod secret_routes;
+pub mod secrets;
 
 pub use limits::Limits;
 
@@ -104,6 +106,7 @@ pub struct Auth {
     rng: SystemRandom,
     /// Serialises the creates of each project (quota checks).
     project_locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    secrets: Option<Arc<secrets::Secrets>>,
 }
 
 impl std::fmt::Debug for Auth {
@@ -205,7 +208,18 @@ impl Auth {
             limits: limits::RateLimiter::new(limits),
             rng: SystemRandom::new(),
             project_locks: Default::default(),
+            secrets: None,
         })
+    }
+
+    /// Serve project secrets from `s`.
+    pub fn with_secrets(mut self, s: Arc<secrets::Secrets>) -> Self {
+        self.secrets = Some(s);
+        self
+    }
+
+    pub fn secrets(&self) -> Option<Arc<secrets::Secrets>> {
+        self.secrets.clone()
     }
 
     pub fn enabled(&self) -> bool {

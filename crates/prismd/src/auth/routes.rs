@@ -243,10 +243,32 @@ pub async fn create_owned(
     let lock = st.auth.project_lock(&project);
     let _held = lock.lock().await;
     check_quota(st, &project, &req).await?;
-    let sb = st.manager.create(req).await?;
+    let mut req = req;
+    // Mark the create so the secret provider knows the project before the owner is recorded.
+    let marker = match st.auth.secrets() {
+        Some(s) => {
+            let m = s.begin_create(&project).map_err(|e| {
+                AppError::new(StatusCode::INTERNAL_SERVER_ERROR, prism_types::codes::INTERNAL, e.to_string())
+            })?;
+            req.labels.insert(super::secrets::CREATE_LABEL.into(), m.clone());
+            Some((s, m))
+        }
+        None => None,
+    };
+    let made = st.manager.create(req).await;
     let store = st.auth.store().clone();
-    let (id, p) = (sb.id.clone(), project.clone());
-    if let Err(e) = blocking(move || store.set_owner(&id, &p)).await {
+    let owned = match &made {
+        Ok(sb) => {
+            let (id, p) = (sb.id.clone(), project.clone());
+            blocking(move || store.set_owner(&id, &p)).await
+        }
+        Err(_) => Ok(()),
+    };
+    if let Some((s, m)) = marker {
+        s.end_create(&m);
+    }
+    let sb = made?;
+    if let Err(e) = owned {
         // Never leave an unowned sandbox made by a tenant: take it down again.
         let _ = st.manager.destroy(&sb.id).await;
         return Err(e);
