@@ -25,6 +25,7 @@ pub mod daemon;
 pub mod error;
 pub mod extract;
 pub mod images;
+pub mod metrics;
 pub mod runtime;
 pub mod ws;
 
@@ -59,7 +60,7 @@ pub struct AppState {
         code::run_code, code::create_context, code::list_contexts, code::delete_context,
         code::restart_context, code::interrupt_context, code::invoke,
         auth::routes::create_key, auth::routes::list_keys, auth::routes::revoke_key,
-        auth::routes::audit,
+        auth::routes::audit, metrics::scrape,
         auth::secret_routes::set, auth::secret_routes::list, auth::secret_routes::remove,
     ),
     components(schemas(
@@ -115,6 +116,7 @@ pub fn app(state: AppState) -> Router {
             axum::routing::delete(auth::routes::revoke_key),
         )
         .route("/v1/audit", get(auth::routes::audit))
+        .route("/metrics", get(metrics::scrape))
         .route("/v1/secrets", get(auth::secret_routes::list))
         .route(
             "/v1/secrets/{name}",
@@ -158,7 +160,12 @@ pub fn app(state: AppState) -> Router {
         .route(&format!("{sandbox}/metrics"), get(api::metrics))
         .with_state(state);
     // Every route merged above `route_layer` is behind the auth guard (new routes included).
-    let guarded = Router::new().merge(api).merge(images).route_layer(guard);
+    metrics::init();
+    let guarded = Router::new()
+        .merge(api)
+        .merge(images)
+        .route_layer(guard)
+        .route_layer(axum::middleware::from_fn(metrics::track));
     Router::new()
         .merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
         .merge(open)

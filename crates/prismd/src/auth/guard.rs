@@ -147,7 +147,8 @@ pub async fn guard(
         }
     }
     req.extensions_mut().insert(caller.clone());
-    let resp = next.run(req).await;
+    let span = tracing::info_span!("request", request_id = %rid, key_id = ?caller.key_id);
+    let resp = tracing::Instrument::instrument(next.run(req), span).await;
     if audited(&method, &route) {
         let made = resp.extensions().get::<AuditSandbox>().map(|a| a.0.clone());
         audit(&st, &caller, &method, &route, made.or(sandbox_id), resp.status(), &rid).await;
