@@ -11,7 +11,8 @@ use rusqlite::{Connection, ErrorCode, OptionalExtension, Row, params};
 use crate::{Event, ListFilter, SandboxRecord, Store, StoreError, lock};
 
 /// Schema migrations; entry `i` moves the database from `user_version = i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE sandboxes (
     id            TEXT PRIMARY KEY NOT NULL,
     name          TEXT,
@@ -41,7 +42,8 @@ CREATE TABLE events (
     message     TEXT NOT NULL DEFAULT ''
 ) STRICT;
 CREATE INDEX events_sandbox ON events(sandbox_id, seq);
-"#, r#"
+"#,
+    r#"
 CREATE TABLE api_keys (
     id          TEXT PRIMARY KEY NOT NULL,
     name        TEXT NOT NULL,
@@ -78,7 +80,8 @@ CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
     BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
 CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
     BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
-"#];
+"#,
+];
 
 const COLUMNS: &str = "id, name, state, template, spec, handle, labels, runtime, created_at, \
                        updated_at, started_at, expires_at, exit_code, error";

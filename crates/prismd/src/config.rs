@@ -270,8 +270,8 @@ mod tests {
             at("0.0.0.0:1", false, "auth = false"),
             Err(ConfigError::Unauthenticated(_))
         ));
-        let c: FileConfig = toml::from_str("[limits]\nmax_sandboxes = 2")
-            .unwrap_or_else(|e| panic!("{e}"));
+        let c: FileConfig =
+            toml::from_str("[limits]\nmax_sandboxes = 2").unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.limits.map(|l| l.max_sandboxes), Some(2));
     }
 

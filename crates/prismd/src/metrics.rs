@@ -117,7 +117,10 @@ pub async fn scrape(State(st): State<AppState>) -> Result<Response, AppError> {
     h.run_upkeep();
     Ok((
         StatusCode::OK,
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         h.render(),
     )
         .into_response())

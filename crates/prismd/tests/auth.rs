@@ -78,8 +78,17 @@ async fn keys_projects_and_every_sandbox_route_is_scoped() {
 
     // No key, a malformed key: 401 with a JSON error; health stays open.
     let (st, code, _) = call(&http, Method::GET, &format!("{base}/v1/sandboxes"), None).await;
-    assert_eq!((st, code.as_str()), (StatusCode::UNAUTHORIZED, "unauthorized"));
-    let (st, _, _) = call(&http, Method::GET, &format!("{base}/v1/sandboxes"), Some("x")).await;
+    assert_eq!(
+        (st, code.as_str()),
+        (StatusCode::UNAUTHORIZED, "unauthorized")
+    );
+    let (st, _, _) = call(
+        &http,
+        Method::GET,
+        &format!("{base}/v1/sandboxes"),
+        Some("x"),
+    )
+    .await;
     assert_eq!(st, StatusCode::UNAUTHORIZED);
     assert!(d.client.health().await.is_ok());
 
@@ -103,8 +112,14 @@ async fn keys_projects_and_every_sandbox_route_is_scoped() {
     let sa = a.create(&named("owned-by-a")).await.unwrap();
     let sb = b.create(&named("owned-by-b")).await.unwrap();
     let ids = |l: Vec<prism_types::Sandbox>| l.into_iter().map(|s| s.id).collect::<Vec<_>>();
-    assert_eq!(ids(a.list_all(None, None).await.unwrap()), vec![sa.id.clone()]);
-    assert_eq!(ids(b.list_all(None, None).await.unwrap()), vec![sb.id.clone()]);
+    assert_eq!(
+        ids(a.list_all(None, None).await.unwrap()),
+        vec![sa.id.clone()]
+    );
+    assert_eq!(
+        ids(b.list_all(None, None).await.unwrap()),
+        vec![sb.id.clone()]
+    );
     assert_eq!(admin.list_all(None, None).await.unwrap().len(), 2);
 
     // Walk every route of the OpenAPI document that names a sandbox: B gets 404 for A's
@@ -154,7 +169,11 @@ async fn keys_projects_and_every_sandbox_route_is_scoped() {
         (Method::POST, "/v1/images/pull"),
     ] {
         let (st, code, _) = call(&http, m, &format!("{base}{p}"), Some(&a_key)).await;
-        assert_eq!((st, code.as_str()), (StatusCode::FORBIDDEN, "forbidden"), "{p}");
+        assert_eq!(
+            (st, code.as_str()),
+            (StatusCode::FORBIDDEN, "forbidden"),
+            "{p}"
+        );
     }
 
     // prismctl with A's key sees A's sandbox only and cannot exec in B's.
@@ -170,7 +189,10 @@ async fn keys_projects_and_every_sandbox_route_is_scoped() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("no sandbox"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no sandbox"),
+        "{out:?}"
+    );
 
     // The audit trail names who created A's sandbox and B's refused delete.
     let trail: Vec<AuditEntry> = admin.audit(Some(&sa.id), None, Some(1000)).await.unwrap();
@@ -202,7 +224,15 @@ async fn keys_projects_and_every_sandbox_route_is_scoped() {
     let e = a.list_all(None, None).await.unwrap_err();
     assert_eq!(e.status(), Some(401), "{e}");
     let out = Command::new(prismctl())
-        .args(["--api", &base, "--api-key", &admin_secret, "api-key", "ls", "--json"])
+        .args([
+            "--api",
+            &base,
+            "--api-key",
+            &admin_secret,
+            "api-key",
+            "ls",
+            "--json",
+        ])
         .output()
         .unwrap();
     let keys: Vec<prism_types::auth::ApiKey> = serde_json::from_slice(&out.stdout).unwrap();
@@ -234,7 +264,11 @@ async fn rate_limit_answers_429_and_quota_refuses_the_extra_sandbox() {
     let s1 = p.create(&named("q1")).await.unwrap();
     let _s2 = p.create(&named("q2")).await.unwrap();
     let e = p.create(&named("q3")).await.unwrap_err();
-    assert_eq!((e.status(), e.code()), (Some(429), Some("quota_exceeded")), "{e}");
+    assert_eq!(
+        (e.status(), e.code()),
+        (Some(429), Some("quota_exceeded")),
+        "{e}"
+    );
     assert!(e.to_string().contains("quota is 2"), "{e}");
     // Admin keys have no quota.
     let s3 = admin.create(&named("admin-made")).await.unwrap();
@@ -259,8 +293,15 @@ async fn rate_limit_answers_429_and_quota_refuses_the_extra_sandbox() {
         }
     };
     assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
-    assert!(sent <= 5, "the burst of 8 allowed {sent} more requests after 5");
-    let retry: u64 = resp.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!(
+        sent <= 5,
+        "the burst of 8 allowed {sent} more requests after 5"
+    );
+    let retry: u64 = resp.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(retry >= 1, "{retry}");
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["code"], "rate_limited");
@@ -284,7 +325,10 @@ fn refuses_to_serve_unauthenticated_on_a_public_address() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("refusing to serve without authentication"), "{err}");
+    assert!(
+        err.contains("refusing to serve without authentication"),
+        "{err}"
+    );
     assert!(err.contains("--insecure"), "{err}");
 }
 
@@ -356,7 +400,10 @@ async fn secrets_reach_the_sandbox_env_and_nothing_else() {
     assert_eq!(String::from_utf8_lossy(&main_env).trim(), secret);
     let other = q.create(&named("no-secret")).await.unwrap();
     let r = q.exec(&other.id, &printenv("API_TOKEN")).await.unwrap();
-    assert_ne!(r.exit_code, 0, "another project's sandbox got the secret: {r:?}");
+    assert_ne!(
+        r.exit_code, 0,
+        "another project's sandbox got the secret: {r:?}"
+    );
 
     // Still injected after a restart (the owner is recorded by then).
     p.restart(&sb.id).await.unwrap();

@@ -62,10 +62,17 @@ async fn metrics_parse_and_counters_move() {
     let creates = value(
         &first,
         "prism_http_requests_total",
-        &[("route", "/v1/sandboxes"), ("method", "POST"), ("status", "201")],
+        &[
+            ("route", "/v1/sandboxes"),
+            ("method", "POST"),
+            ("status", "201"),
+        ],
     );
     assert_eq!(creates, Some(1.0));
-    assert_eq!(value(&first, "prism_sandboxes", &[("state", "running")]), Some(1.0));
+    assert_eq!(
+        value(&first, "prism_sandboxes", &[("state", "running")]),
+        Some(1.0)
+    );
     let names: Vec<_> = first.samples.iter().map(|s| s.metric.clone()).collect();
     let mem = value(&first, "prism_sandbox_memory_bytes", &[("sandbox", &sb.id)])
         .unwrap_or_else(|| panic!("no memory gauge among {names:?}"));
@@ -87,11 +94,18 @@ async fn metrics_parse_and_counters_move() {
         value(
             &second,
             "prism_http_requests_total",
-            &[("route", "/v1/sandboxes/:id"), ("method", "GET"), ("status", "404")]
+            &[
+                ("route", "/v1/sandboxes/:id"),
+                ("method", "GET"),
+                ("status", "404")
+            ]
         ),
         Some(1.0)
     );
     c.destroy(&sb.id).await.unwrap();
     let third = scrape(&d.url()).await;
-    assert_eq!(value(&third, "prism_sandboxes", &[("state", "running")]), Some(0.0));
+    assert_eq!(
+        value(&third, "prism_sandboxes", &[("state", "running")]),
+        Some(0.0)
+    );
 }

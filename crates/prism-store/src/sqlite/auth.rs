@@ -72,8 +72,7 @@ impl SqliteStore {
         let rows = stmt
             .query_map([project], key_row)
             .map_err(sql("list api keys"))?;
-        rows.collect::<Result<_, _>>()
-            .map_err(sql("list api keys"))
+        rows.collect::<Result<_, _>>().map_err(sql("list api keys"))
     }
 
     /// Mark a key revoked at `at_ms` (idempotent). `false` when there is no such key.

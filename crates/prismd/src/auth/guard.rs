@@ -120,8 +120,10 @@ pub async fn guard(
         }
     };
     if !caller.is_admin() && !project_may_call(&method, &route) {
-        let e = super::forbidden("this route needs an admin API key; project keys may use \
-                                  sandboxes, secrets and the audit trail of their project");
+        let e = super::forbidden(
+            "this route needs an admin API key; project keys may use \
+                                  sandboxes, secrets and the audit trail of their project",
+        );
         return with_request_id(e.into_response(), &rid);
     }
     if let Some(key) = &caller.key_id {
@@ -141,7 +143,16 @@ pub async fn guard(
             Ok(id) => sandbox_id = id.or(Some(named)),
             Err(e) => {
                 let resp = e.into_response();
-                audit(&st, &caller, &method, &route, Some(named), resp.status(), &rid).await;
+                audit(
+                    &st,
+                    &caller,
+                    &method,
+                    &route,
+                    Some(named),
+                    resp.status(),
+                    &rid,
+                )
+                .await;
                 return with_request_id(resp, &rid);
             }
         }
@@ -151,7 +162,16 @@ pub async fn guard(
     let resp = tracing::Instrument::instrument(next.run(req), span).await;
     if audited(&method, &route) {
         let made = resp.extensions().get::<AuditSandbox>().map(|a| a.0.clone());
-        audit(&st, &caller, &method, &route, made.or(sandbox_id), resp.status(), &rid).await;
+        audit(
+            &st,
+            &caller,
+            &method,
+            &route,
+            made.or(sandbox_id),
+            resp.status(),
+            &rid,
+        )
+        .await;
     }
     with_request_id(resp, &rid)
 }

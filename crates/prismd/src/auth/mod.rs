@@ -162,7 +162,10 @@ fn key_id(key: &str) -> Option<&str> {
 
 /// The key a request presents: `Authorization: Bearer <key>` or `X-API-KEY: <key>`.
 pub fn presented_key(headers: &HeaderMap) -> Option<&str> {
-    if let Some(v) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+    if let Some(v) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
         let v = v.trim();
         if let Some(k) = v
             .strip_prefix("Bearer ")
@@ -198,7 +201,9 @@ impl Auth {
                 Some(e) => {
                     keys.insert(rec.id.clone(), e);
                 }
-                None => tracing::warn!(message = "unreadable API key hash; key ignored", key_id = %rec.id),
+                None => {
+                    tracing::warn!(message = "unreadable API key hash; key ignored", key_id = %rec.id)
+                }
             }
         }
         Ok(Auth {
@@ -285,17 +290,14 @@ impl Auth {
             revoked_at_ms: None,
         };
         self.store.insert_api_key(&rec).map_err(store_err)?;
-        self.keys
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(
-                id,
-                KeyEntry {
-                    hash,
-                    project: rec.project.clone(),
-                    revoked: false,
-                },
-            );
+        self.keys.write().unwrap_or_else(|e| e.into_inner()).insert(
+            id,
+            KeyEntry {
+                hash,
+                project: rec.project.clone(),
+                revoked: false,
+            },
+        );
         Ok((key, rec))
     }
 
@@ -387,7 +389,10 @@ mod tests {
 
     fn bearer(k: &str) -> HeaderMap {
         let mut h = HeaderMap::new();
-        h.insert(header::AUTHORIZATION, format!("Bearer {k}").parse().unwrap());
+        h.insert(
+            header::AUTHORIZATION,
+            format!("Bearer {k}").parse().unwrap(),
+        );
         h
     }
 

@@ -67,11 +67,10 @@ pub async fn create_key(
         ));
     }
     let auth = st.auth.clone();
-    let (key, rec) = tokio::task::spawn_blocking(move || {
-        auth.create_key(&req.name, req.project.as_deref())
-    })
-    .await
-    .map_err(|e| AppError::from(LifecycleError::TaskFailed(e)))??;
+    let (key, rec) =
+        tokio::task::spawn_blocking(move || auth.create_key(&req.name, req.project.as_deref()))
+            .await
+            .map_err(|e| AppError::from(LifecycleError::TaskFailed(e)))??;
     tracing::info!(message = "API key created", key_id = %rec.id, project = ?rec.project);
     Ok((
         StatusCode::CREATED,
@@ -164,7 +163,11 @@ pub async fn audit(
 }
 
 fn quota_error(message: String) -> AppError {
-    AppError::new(StatusCode::TOO_MANY_REQUESTS, codes::QUOTA_EXCEEDED, message)
+    AppError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        codes::QUOTA_EXCEEDED,
+        message,
+    )
 }
 
 /// Refuse `req` if it would take `project` beyond its quota.
@@ -209,7 +212,9 @@ async fn check_quota(st: &AppState, project: &str, req: &CreateSandboxRequest) -
                 "project {project:?} uses {used} of its {} CPUs and this sandbox asks for {}; \
                  set resources.cpus within the quota",
                 l.max_cpus,
-                req.resources.cpus.map_or("no limit".to_string(), |c| c.to_string())
+                req.resources
+                    .cpus
+                    .map_or("no limit".to_string(), |c| c.to_string())
             )));
         }
     }
@@ -248,9 +253,14 @@ pub async fn create_owned(
     let marker = match st.auth.secrets() {
         Some(s) => {
             let m = s.begin_create(&project).map_err(|e| {
-                AppError::new(StatusCode::INTERNAL_SERVER_ERROR, prism_types::codes::INTERNAL, e.to_string())
+                AppError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    prism_types::codes::INTERNAL,
+                    e.to_string(),
+                )
             })?;
-            req.labels.insert(super::secrets::CREATE_LABEL.into(), m.clone());
+            req.labels
+                .insert(super::secrets::CREATE_LABEL.into(), m.clone());
             Some((s, m))
         }
         None => None,

@@ -40,7 +40,9 @@ fn project_of(caller: &Caller, named: Option<String>) -> ApiResult<String> {
     match (&caller.project, named) {
         (Some(own), None) => Ok(own.clone()),
         (Some(own), Some(p)) if *own == p => Ok(p),
-        (Some(_), Some(_)) => Err(super::forbidden("a project key manages its own project only")),
+        (Some(_), Some(_)) => Err(super::forbidden(
+            "a project key manages its own project only",
+        )),
         (None, Some(p)) if valid_project(&p) => Ok(p),
         (None, Some(p)) => Err(invalid(format!("invalid project {p:?}"))),
         (None, None) => Err(invalid(
@@ -79,7 +81,11 @@ pub async fn set(
         return Err(invalid("a secret value is at most 64 KiB".into()));
     }
     let sealed = secrets.seal(&project, &name, &req.value).map_err(|e| {
-        AppError::new(StatusCode::INTERNAL_SERVER_ERROR, prism_types::codes::INTERNAL, e.to_string())
+        AppError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            prism_types::codes::INTERNAL,
+            e.to_string(),
+        )
     })?;
     let store = secrets.store().clone();
     blocking(move || store.put_secret(&sealed)).await?;

@@ -61,7 +61,8 @@ fn parse_hex32(s: &str) -> Result<[u8; 32], SecretsError> {
     }
     let mut out = [0u8; 32];
     for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).map_err(|_| SecretsError::BadMasterKey)?;
+        *o =
+            u8::from_str_radix(&s[2 * i..2 * i + 2], 16).map_err(|_| SecretsError::BadMasterKey)?;
     }
     Ok(out)
 }
@@ -108,7 +109,8 @@ fn aad(project: &str, name: &str) -> Vec<u8> {
 /// An environment variable name: `[A-Za-z_][A-Za-z0-9_]*`, at most 128 bytes.
 pub fn valid_name(n: &str) -> bool {
     let mut c = n.chars();
-    c.next().is_some_and(|f| f.is_ascii_alphabetic() || f == '_')
+    c.next()
+        .is_some_and(|f| f.is_ascii_alphabetic() || f == '_')
         && n.len() <= 128
         && c.all(|x| x.is_ascii_alphanumeric() || x == '_')
 }
@@ -120,7 +122,8 @@ impl Secrets {
     }
 
     pub fn with_key(key: [u8; 32], store: Arc<SqliteStore>) -> Result<Self, SecretsError> {
-        let unbound = UnboundKey::new(&AES_256_GCM, &key).map_err(|_| SecretsError::BadMasterKey)?;
+        let unbound =
+            UnboundKey::new(&AES_256_GCM, &key).map_err(|_| SecretsError::BadMasterKey)?;
         Ok(Secrets {
             key: LessSafeKey::new(unbound),
             rng: SystemRandom::new(),
@@ -134,9 +137,16 @@ impl Secrets {
     }
 
     /// Encrypt `value` for `project`/`name`.
-    pub fn seal(&self, project: &str, name: &str, value: &str) -> Result<SealedSecret, SecretsError> {
+    pub fn seal(
+        &self,
+        project: &str,
+        name: &str,
+        value: &str,
+    ) -> Result<SealedSecret, SecretsError> {
         let mut nonce = [0u8; NONCE_LEN];
-        self.rng.fill(&mut nonce).map_err(|_| SecretsError::Random)?;
+        self.rng
+            .fill(&mut nonce)
+            .map_err(|_| SecretsError::Random)?;
         let mut buf = value.as_bytes().to_vec();
         self.key
             .seal_in_place_append_tag(
