@@ -18,11 +18,11 @@ pub struct Limits {
     /// Sandbox creates per second per key.
     pub creates_per_s: f64,
     pub creates_burst: f64,
-    /// Sandboxes a project may have in `creating` or `running` at once.
+    /// Sandboxes a project may have at once (creating, running or stopped).
     pub max_sandboxes: u64,
-    /// Sum of `resources.cpus` over a project's running sandboxes.
+    /// Sum of `resources.cpus` over a project's sandboxes (creating, running or stopped).
     pub max_cpus: f64,
-    /// Sum of `resources.memory_mb` over a project's running sandboxes.
+    /// Sum of `resources.memory_mb` over the same sandboxes.
     pub max_memory_mb: u64,
 }
 

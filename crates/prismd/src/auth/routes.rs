@@ -190,7 +190,8 @@ async fn check_quota(st: &AppState, project: &str, req: &CreateSandboxRequest) -
             .await?;
         live.extend(
             page.into_iter()
-                .filter(|s| matches!(s.state, SandboxState::Creating | SandboxState::Running)),
+                // Stopped sandboxes count: `start` does not pass through this check.
+                .filter(|s| !matches!(s.state, SandboxState::Failed | SandboxState::Destroyed)),
         );
         match next {
             Some(n) => after_id = Some(n),
@@ -200,7 +201,7 @@ async fn check_quota(st: &AppState, project: &str, req: &CreateSandboxRequest) -
     let n = live.len() as u64;
     if l.max_sandboxes > 0 && n >= l.max_sandboxes {
         return Err(quota_error(format!(
-            "project {project:?} already runs {n} sandboxes, its quota is {}; destroy or stop one first",
+            "project {project:?} already has {n} sandboxes, its quota is {}; destroy one first",
             l.max_sandboxes
         )));
     }
