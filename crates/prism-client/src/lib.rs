@@ -25,6 +25,7 @@ use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde::de::DeserializeOwned;
 use url::Url;
 
+mod auth;
 mod code;
 mod ws;
 
@@ -34,6 +35,8 @@ pub use ws::{ExecWs, ExecWsReceiver, ExecWsSender, WsEvent};
 pub const API_ENV: &str = "PRISM_API";
 /// Base URL when `PRISM_API` is unset.
 pub const DEFAULT_API: &str = "http://127.0.0.1:8008";
+/// The environment variable holding the API key.
+pub const API_KEY_ENV: &str = "PRISM_API_KEY";
 
 /// Client failures.
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +92,7 @@ pub enum PathContent {
 pub struct Client {
     base: Url,
     http: reqwest::Client,
+    api_key: Option<String>,
 }
 
 impl Client {
@@ -101,7 +105,21 @@ impl Client {
         let http = reqwest::Client::builder()
             .connect_timeout(std::time::Duration::from_secs(5))
             .build()?;
-        Ok(Client { base, http })
+        Ok(Client {
+            base,
+            http,
+            api_key: None,
+        })
+    }
+
+    /// Send `key` with every request (`Authorization: Bearer`).
+    pub fn with_api_key(mut self, key: Option<String>) -> Self {
+        self.api_key = key.filter(|k| !k.is_empty());
+        self
+    }
+
+    pub(crate) fn api_key(&self) -> Option<&str> {
+        self.api_key.as_deref()
     }
 
     /// A client of `$PRISM_API`, else of `http://127.0.0.1:8008`.
@@ -110,7 +128,7 @@ impl Client {
             .ok()
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| DEFAULT_API.to_string());
-        Self::new(&url)
+        Ok(Self::new(&url)?.with_api_key(std::env::var(API_KEY_ENV).ok()))
     }
 
     pub fn base_url(&self) -> &Url {
@@ -163,7 +181,11 @@ impl Client {
     }
 
     fn req(&self, method: Method, url: Url) -> RequestBuilder {
-        self.http.request(method, url)
+        let req = self.http.request(method, url);
+        match &self.api_key {
+            Some(k) => req.bearer_auth(k),
+            None => req,
+        }
     }
 
     // ---- daemon ----

@@ -36,7 +36,14 @@ fn ws_err(e: tokio_tungstenite::tungstenite::Error) -> ClientError {
 
 impl ExecWs {
     pub(crate) async fn connect(client: &Client, url: Url, start: &ExecStart) -> Result<Self> {
-        let (mut socket, _) = match tokio_tungstenite::connect_async(url.as_str()).await {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut request = url.as_str().into_client_request().map_err(ws_err)?;
+        if let Some(key) = client.api_key()
+            && let Ok(v) = format!("Bearer {key}").parse()
+        {
+            request.headers_mut().insert("authorization", v);
+        }
+        let (mut socket, _) = match tokio_tungstenite::connect_async(request).await {
             Ok(s) => s,
             Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
                 let status = resp.status().as_u16();

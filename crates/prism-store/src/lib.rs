@@ -23,6 +23,7 @@ use std::sync::Mutex;
 use prism_types::{CreateSandboxRequest, SandboxState};
 use serde::{Deserialize, Serialize};
 
+pub mod auth;
 mod sqlite;
 
 pub use sqlite::SqliteStore;
@@ -92,6 +93,8 @@ pub struct ListFilter {
     pub limit: usize,
     /// Only ids greater than this one (ids are time-ordered).
     pub after_id: Option<String>,
+    /// Only sandboxes owned by this project (see [`SqliteStore::set_owner`]).
+    pub project: Option<String>,
 }
 
 /// Store failures.

@@ -11,7 +11,8 @@ use rusqlite::{Connection, ErrorCode, OptionalExtension, Row, params};
 use crate::{Event, ListFilter, SandboxRecord, Store, StoreError, lock};
 
 /// Schema migrations; entry `i` moves the database from `user_version = i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE sandboxes (
     id            TEXT PRIMARY KEY NOT NULL,
     name          TEXT,
@@ -41,7 +42,46 @@ CREATE TABLE events (
     message     TEXT NOT NULL DEFAULT ''
 ) STRICT;
 CREATE INDEX events_sandbox ON events(sandbox_id, seq);
-"#];
+"#,
+    r#"
+CREATE TABLE api_keys (
+    id          TEXT PRIMARY KEY NOT NULL,
+    name        TEXT NOT NULL,
+    project     TEXT,
+    hash        TEXT NOT NULL,
+    created_at  INTEGER NOT NULL,
+    revoked_at  INTEGER
+) STRICT;
+CREATE TABLE sandbox_owners (
+    sandbox_id  TEXT PRIMARY KEY NOT NULL,
+    project     TEXT NOT NULL
+) STRICT;
+CREATE INDEX sandbox_owners_project ON sandbox_owners(project);
+CREATE TABLE secrets (
+    project     TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    nonce       BLOB NOT NULL,
+    ciphertext  BLOB NOT NULL,
+    updated_at  INTEGER NOT NULL,
+    PRIMARY KEY (project, name)
+) STRICT;
+CREATE TABLE audit (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    at          INTEGER NOT NULL,
+    key_id      TEXT,
+    project     TEXT,
+    action      TEXT NOT NULL,
+    sandbox_id  TEXT,
+    status      INTEGER NOT NULL,
+    request_id  TEXT
+) STRICT;
+CREATE INDEX audit_sandbox ON audit(sandbox_id, seq);
+CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
+    BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
+CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
+    BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
+"#,
+];
 
 const COLUMNS: &str = "id, name, state, template, spec, handle, labels, runtime, created_at, \
                        updated_at, started_at, expires_at, exit_code, error";
@@ -395,11 +435,16 @@ impl Store for SqliteStore {
                  AND (?2 IS NULL OR EXISTS (SELECT 1 FROM json_each(sandboxes.labels) \
                       WHERE json_each.key = ?2 AND json_each.value = ?3)) \
                  AND (?4 IS NULL OR id > ?4) \
+                 AND (?6 IS NULL OR id IN \
+                      (SELECT sandbox_id FROM sandbox_owners WHERE project = ?6)) \
                  ORDER BY id LIMIT ?5"
             ))
             .map_err(sql("list"))?;
         let rows = stmt
-            .query_map(params![state, lk, lv, filter.after_id, limit], raw_row)
+            .query_map(
+                params![state, lk, lv, filter.after_id, limit, filter.project],
+                raw_row,
+            )
             .map_err(sql("list"))?;
         let mut out = Vec::new();
         for row in rows {
@@ -477,6 +522,8 @@ impl Store for SqliteStore {
         Ok(n)
     }
 }
+
+mod auth;
 
 #[cfg(test)]
 mod tests;

@@ -17,6 +17,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+pub mod auth;
 pub mod code;
 pub mod images;
 pub mod network;

@@ -11,6 +11,10 @@ pub struct Cli {
     /// Print machine-readable JSON.
     #[arg(long, global = true)]
     pub json: bool,
+    /// API key [default: $PRISM_API_KEY, else, for a daemon on loopback, the state
+    /// directory's admin.key]
+    #[arg(long, global = true, env = "PRISM_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
     #[command(subcommand)]
     pub cmd: Cmd,
 }
@@ -75,6 +79,24 @@ pub enum Cmd {
     },
     /// Show the daemon's information.
     Info,
+    /// Manage API keys (admin key needed).
+    #[command(subcommand, name = "api-key")]
+    ApiKey(crate::keys::ApiKeyCmd),
+    /// Manage project secrets (injected as environment variables into new processes).
+    #[command(subcommand)]
+    Secret(crate::keys::SecretCmd),
+    /// Show the audit trail: who did what to which sandbox, when.
+    Audit {
+        /// Only this sandbox (id).
+        #[arg(long)]
+        sandbox: Option<String>,
+        /// Only records after this sequence number.
+        #[arg(long)]
+        after: Option<i64>,
+        /// At most this many records (default 100).
+        #[arg(long)]
+        limit: Option<usize>,
+    },
     /// Print a shell completion script.
     Completions { shell: clap_complete::Shell },
 }

@@ -15,6 +15,7 @@ mod attach;
 mod cli;
 mod code;
 mod cp;
+mod keys;
 mod port;
 
 use cli::{Cli, Cmd, RunArgs};
@@ -172,7 +173,18 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         return Ok(0);
     }
     let client = Client::new(&cli.api)?;
+    let key = keys::api_key(&cli, &client);
+    let client = client.with_api_key(key);
     match cli.cmd {
+        Cmd::ApiKey(c) => keys::api_key_cmd(&client, json, c).await.map(|()| 0),
+        Cmd::Secret(c) => keys::secret_cmd(&client, json, c).await.map(|()| 0),
+        Cmd::Audit {
+            sandbox,
+            after,
+            limit,
+        } => keys::audit(&client, json, sandbox, after, limit)
+            .await
+            .map(|()| 0),
         Cmd::Run(a) => run(&client, json, a).await,
         Cmd::Code(a) => code::run(&client, json, a).await,
         Cmd::Exec(a) => {

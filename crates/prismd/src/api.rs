@@ -18,6 +18,7 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 
 use crate::AppState;
+use crate::auth::Caller;
 use crate::error::AppError;
 use crate::extract::{ApiJson, ApiQuery};
 
@@ -74,9 +75,11 @@ pub async fn info(State(st): State<AppState>) -> ApiResult<Json<DaemonInfo>> {
               (status = 422, description = "Invalid request", body = ApiError)))]
 pub async fn create(
     State(st): State<AppState>,
+    caller: Caller,
     ApiJson(req): ApiJson<CreateSandboxRequest>,
-) -> ApiResult<(StatusCode, Json<Sandbox>)> {
-    Ok((StatusCode::CREATED, Json(st.manager.create(req).await?)))
+) -> ApiResult<Response> {
+    let sb = crate::auth::routes::create_owned(&st, &caller, req).await?;
+    Ok(crate::auth::routes::created(sb))
 }
 
 /// Query of `GET /v1/sandboxes`.
@@ -98,6 +101,7 @@ pub struct ListQuery {
               (status = 400, description = "Bad filter", body = ApiError)))]
 pub async fn list(
     State(st): State<AppState>,
+    caller: Caller,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> ApiResult<Json<SandboxList>> {
     let state = match q.state.as_deref() {
@@ -125,6 +129,7 @@ pub async fn list(
         label,
         limit: q.limit.unwrap_or(0),
         after_id: q.cursor,
+        project: caller.project,
     };
     let (sandboxes, next_cursor) = st.manager.list(filter).await?;
     Ok(Json(SandboxList {

@@ -16,6 +16,10 @@
 //! template = "base"
 //! size = 4
 //! resources = { memory_mb = 512 }   # optional resource shape; requests must match it
+//! auth = true                   # API keys (default: on unless listening on loopback)
+//! [limits]                      # per key / per project, with auth on (docs/auth.md)
+//! requests_per_s = 50
+//! max_sandboxes = 10
 //! ```
 
 use std::net::SocketAddr;
@@ -48,6 +52,13 @@ pub struct Flags {
     /// Log as JSON lines.
     #[arg(long, env = "PRISM_LOG_JSON")]
     pub log_json: bool,
+    /// Require API keys even on a loopback address.
+    #[arg(long, env = "PRISM_AUTH")]
+    pub auth: bool,
+    /// Allow serving WITHOUT authentication on a non-loopback address (anyone who reaches the
+    /// port controls every sandbox).
+    #[arg(long)]
+    pub insecure: bool,
     /// Warm pool TEMPLATE=SIZE (repeatable; replaces the file's pools), e.g. `--pool base=4`.
     #[arg(long = "pool", env = "PRISM_POOLS", value_delimiter = ',')]
     pub pools: Vec<String>,
@@ -81,6 +92,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub pools: Vec<FilePool>,
     pub pool_min_available_mb: Option<u64>,
+    pub auth: Option<bool>,
+    pub limits: Option<crate::auth::Limits>,
 }
 
 /// The effective configuration.
@@ -105,6 +118,10 @@ pub struct Config {
     pub pools: Vec<PoolConfig>,
     /// Pools shrink while the host's MemAvailable is below this many bytes (0 = never).
     pub pool_min_available_bytes: u64,
+    /// Require API keys.
+    pub auth: bool,
+    /// Rate limits and quotas (with auth on).
+    pub limits: crate::auth::Limits,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -131,6 +148,12 @@ pub enum ConfigError {
         "invalid pool {0:?}: expected TEMPLATE=SIZE with SIZE from 0 to {MAX_POOL_SIZE}, e.g. base=4"
     )]
     Pool(String),
+    #[error(
+        "refusing to serve without authentication on the non-loopback address {0}: remove \
+         `auth = false`, or pass --insecure if every client that reaches it may control every \
+         sandbox"
+    )]
+    Unauthenticated(String),
 }
 
 /// Largest warm pool.
@@ -188,6 +211,11 @@ impl Config {
             )
             .ok_or(ConfigError::NoStateDir)?,
         };
+        let loopback = std::net::SocketAddr::ip(&listen).is_loopback();
+        let auth = flags.auth || file.auth.unwrap_or(!loopback && !flags.insecure);
+        if !auth && !loopback && !flags.insecure {
+            return Err(ConfigError::Unauthenticated(listen.to_string()));
+        }
         let janitor_interval_s = file.janitor_interval_s.unwrap_or(5);
         let pools = if flags.pools.is_empty() {
             let mut pools = Vec::new();
@@ -236,6 +264,8 @@ impl Config {
             log_json: flags.log_json,
             pools,
             pool_min_available_bytes: file.pool_min_available_mb.unwrap_or(512) << 20,
+            auth,
+            limits: file.limits.unwrap_or_default(),
         })
     }
 
@@ -321,6 +351,30 @@ mod tests {
             let e = Config::resolve(&flags, &FileConfig::default(), true);
             assert!(matches!(e, Err(ConfigError::Pool(_))), "{bad}");
         }
+    }
+
+    #[test]
+    fn auth_is_on_off_loopback_unless_insecure() {
+        let at = |listen: &str, insecure: bool, file: &str| {
+            let flags = Flags {
+                listen: Some(listen.into()),
+                insecure,
+                ..Flags::default()
+            };
+            let file: FileConfig = toml::from_str(file).unwrap_or_else(|e| panic!("{e}"));
+            Config::resolve(&flags, &file, true).map(|c| c.auth)
+        };
+        assert!(matches!(at("127.0.0.1:1", false, ""), Ok(false)));
+        assert!(matches!(at("127.0.0.1:1", false, "auth = true"), Ok(true)));
+        assert!(matches!(at("0.0.0.0:1", false, ""), Ok(true)));
+        assert!(matches!(at("0.0.0.0:1", true, ""), Ok(false)));
+        assert!(matches!(
+            at("0.0.0.0:1", false, "auth = false"),
+            Err(ConfigError::Unauthenticated(_))
+        ));
+        let c: FileConfig =
+            toml::from_str("[limits]\nmax_sandboxes = 2").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.limits.map(|l| l.max_sandboxes), Some(2));
     }
 
     #[test]

@@ -48,6 +48,8 @@ pub enum DaemonError {
     Runtime(#[from] crate::runtime::BuildError),
     #[error(transparent)]
     Lifecycle(#[from] LifecycleError),
+    #[error(transparent)]
+    Secrets(#[from] crate::auth::secrets::SecretsError),
     #[error("cannot listen on {addr}")]
     Listen {
         addr: String,
@@ -128,7 +130,15 @@ pub async fn run(cfg: Config, runtime: Arc<dyn Runtime>) -> Result<(), DaemonErr
         source,
     })?;
     let _lock = lock_state_dir(sd)?;
-    let store = prism_store::open(&sd.join("prism.db"))?;
+    let store = Arc::new(prism_store::open(&sd.join("prism.db"))?);
+    let secrets = Arc::new(crate::auth::secrets::Secrets::open(sd, store.clone())?);
+    let auth = Arc::new(
+        crate::auth::Auth::new(cfg.auth, store.clone(), cfg.limits)?.with_secrets(secrets.clone()),
+    );
+    crate::auth::bootstrap(&auth, sd).map_err(|source| DaemonError::StateDir {
+        path: sd.join(crate::auth::ADMIN_KEY_FILE).display().to_string(),
+        source,
+    })?;
     let mcfg = ManagerConfig {
         state_dir: sd.clone(),
         default_timeout_s: cfg.default_timeout_s,
@@ -139,7 +149,8 @@ pub async fn run(cfg: Config, runtime: Arc<dyn Runtime>) -> Result<(), DaemonErr
         pool_min_available_bytes: cfg.pool_min_available_bytes,
         ..ManagerConfig::new(sd.clone())
     };
-    let manager = SandboxManager::new(Arc::new(store), runtime, Arc::new(ProtoAgents), mcfg)?;
+    let manager = SandboxManager::new(store, runtime, Arc::new(ProtoAgents), mcfg)?;
+    manager.set_secret_env(Arc::new(crate::auth::secrets::Provider(secrets)));
     let listener = TcpListener::bind(cfg.listen)
         .await
         .map_err(|source| DaemonError::Listen {
@@ -195,8 +206,9 @@ pub async fn run(cfg: Config, runtime: Arc<dyn Runtime>) -> Result<(), DaemonErr
         manager,
         ready,
         listen,
+        auth,
     };
-    tracing::info!(message = "prismd listening", %listen, state_dir = %sd.display());
+    tracing::info!(message = "prismd listening", %listen, state_dir = %sd.display(), auth = cfg.auth);
     eprintln!("prismd listening on http://{listen}");
     let shutdown = stop.clone();
     let server = axum::serve(listener, app(state)).with_graceful_shutdown(async move {

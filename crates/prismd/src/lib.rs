@@ -18,6 +18,7 @@ use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
 pub mod api;
+pub mod auth;
 pub mod code;
 pub mod config;
 pub mod daemon;
@@ -25,6 +26,7 @@ pub mod e2b;
 pub mod error;
 pub mod extract;
 pub mod images;
+pub mod metrics;
 pub mod ports;
 pub mod runtime;
 pub mod ws;
@@ -41,6 +43,8 @@ pub struct AppState {
     /// Set once recovery after start-up is done (`/readyz`).
     pub ready: Arc<AtomicBool>,
     pub listen: SocketAddr,
+    /// API keys, limits, audit; off (everyone is admin) unless configured or listening publicly.
+    pub auth: Arc<auth::Auth>,
 }
 
 /// The OpenAPI document, generated from the handlers and the prism-types schemas.
@@ -58,6 +62,9 @@ pub struct AppState {
         code::run_code, code::create_context, code::list_contexts, code::delete_context,
         code::restart_context, code::interrupt_context, code::invoke,
         ports::port_proxy,
+        auth::routes::create_key, auth::routes::list_keys, auth::routes::revoke_key,
+        auth::routes::audit, metrics::scrape,
+        auth::secret_routes::set, auth::secret_routes::list, auth::secret_routes::remove,
     ),
     components(schemas(
         prism_types::ws::ExecStart, prism_types::ws::ClientMessage, prism_types::ws::ServerEvent,
@@ -72,6 +79,7 @@ pub struct AppState {
         (name = "daemon", description = "Health and information"),
         (name = "images", description = "OCI images: pull, list, remove, prune"),
         (name = "ports", description = "HTTP and WebSocket proxy to servers inside a sandbox"),
+        (name = "auth", description = "API keys, project secrets and the audit trail"),
     )
 )]
 pub struct ApiDoc;
@@ -96,10 +104,28 @@ async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) ->
 pub fn app(state: AppState) -> Router {
     let sandbox = "/v1/sandboxes/{id}";
     let images = images::router(&state.manager.config().state_dir);
-    let api = Router::new()
+    let open = Router::new()
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
+        .with_state(state.clone());
+    let guard = axum::middleware::from_fn_with_state(state.clone(), auth::guard::guard);
+    let api = Router::new()
         .route("/v1/info", get(api::info))
+        .route(
+            "/v1/api-keys",
+            post(auth::routes::create_key).get(auth::routes::list_keys),
+        )
+        .route(
+            "/v1/api-keys/{key_id}",
+            axum::routing::delete(auth::routes::revoke_key),
+        )
+        .route("/v1/audit", get(auth::routes::audit))
+        .route("/metrics", get(metrics::scrape))
+        .route("/v1/secrets", get(auth::secret_routes::list))
+        .route(
+            "/v1/secrets/{name}",
+            axum::routing::put(auth::secret_routes::set).delete(auth::secret_routes::remove),
+        )
         .route("/v1/sandboxes", post(api::create).get(api::list))
         .route(sandbox, get(api::inspect).delete(api::destroy))
         .route(&format!("{sandbox}/stop"), post(api::stop))
@@ -149,11 +175,18 @@ pub fn app(state: AppState) -> Router {
             axum::routing::any(ports::port_proxy),
         )
         .with_state(state.clone());
-    Router::new()
-        .merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
+    // Every route merged above `route_layer` is behind the auth guard (new routes included).
+    metrics::init();
+    let guarded = Router::new()
         .merge(api)
         .merge(images)
         .merge(e2b::router(state.clone()))
+        .route_layer(guard)
+        .route_layer(axum::middleware::from_fn(metrics::track));
+    Router::new()
+        .merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
+        .merge(open)
+        .merge(guarded)
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state, e2b::data_plane))

@@ -125,7 +125,7 @@ impl SandboxManager {
     ) -> Result<ExecResult, LifecycleError> {
         let (argv, timeout_s) = validate::exec(&req)?;
         let (rec, handle, agent) = self.running(id_or_name).await?;
-        let mut env = rec.spec.env.clone();
+        let mut env = self.process_env(&rec).await;
         env.extend(req.env.clone());
         let spec = ProcSpec {
             argv,
@@ -199,7 +199,7 @@ impl SandboxManager {
         validate::env(&start.env)?;
         let (rec, handle, agent) = self.running(id_or_name).await?;
         let tty = start.tty;
-        let mut env = rec.spec.env.clone();
+        let mut env = self.process_env(&rec).await;
         env.extend(start.env);
         if start.tty && !env.contains_key("TERM") {
             env.insert("TERM".into(), "xterm-256color".into());

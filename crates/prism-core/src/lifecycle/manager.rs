@@ -74,6 +74,7 @@ pub(crate) struct Inner {
     pub live: Mutex<HashMap<String, Live>>,
     logs: Mutex<HashMap<String, Arc<LogHub>>>,
     pub pools: Pools,
+    pub(crate) secret_env: std::sync::OnceLock<Arc<dyn super::secret_env::SecretEnv>>,
 }
 
 /// The sandbox manager. Cheap to clone.
@@ -154,6 +155,7 @@ impl SandboxManager {
                 live: Mutex::new(HashMap::new()),
                 logs: Mutex::new(HashMap::new()),
                 pools,
+                secret_env: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -454,7 +456,7 @@ impl SandboxManager {
             let agent = self.agent_of(handle);
             let proc_spec = ProcSpec {
                 argv: cmd,
-                env: rec.spec.env.clone(),
+                env: self.process_env(&rec).await,
                 tag: Some(MAIN_TAG.into()),
                 ..ProcSpec::default()
             };

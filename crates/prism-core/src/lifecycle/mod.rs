@@ -21,6 +21,7 @@ mod pool_tests;
 mod ports;
 pub mod proto_agent;
 mod recover;
+mod secret_env;
 pub mod state;
 pub mod templates;
 pub mod validate;
@@ -36,6 +37,7 @@ pub use janitor::SweepReport;
 pub use manager::{ManagerConfig, SandboxManager};
 pub use pool::PoolConfig;
 pub use proto_agent::ProtoAgents;
+pub use secret_env::SecretEnv;
 pub use state::{Action, InvalidState, Plan};
 
 use crate::RuntimeError;

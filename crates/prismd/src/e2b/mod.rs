@@ -73,13 +73,6 @@ impl IntoResponse for E2bError {
     }
 }
 
-/// The one place E2B's `X-API-KEY` is checked. Today it follows prismd's own policy (no
-/// authentication: the daemon listens on loopback by default), so any key, or none, passes;
-/// the API-key store will plug in here.
-pub fn check_api_key(_headers: &HeaderMap) -> Result<(), E2bError> {
-    Ok(())
-}
-
 /// The control-plane routes.
 pub fn router(state: AppState) -> Router {
     let sb = "/sandboxes/{id}";
@@ -110,6 +103,9 @@ pub async fn data_plane(State(st): State<AppState>, req: Request, next: Next) ->
         return next.run(req).await;
     };
     let id = id.to_string();
+    if let Err(e) = data_plane_allowed(&st, &id, req.headers()) {
+        return e.into_response();
+    }
     let port = match header_str(req.headers(), "e2b-sandbox-port").map(str::parse::<u16>) {
         None => ENVD_PORT,
         Some(Ok(p)) => p,
@@ -122,6 +118,37 @@ pub async fn data_plane(State(st): State<AppState>, req: Request, next: Next) ->
         ENVD_PORT => envd::proxy(&st, &id, req).await,
         CODE_INTERPRETER_PORT => code::route(&st, &id, req).await,
         port => sandbox_port(&st, &id, port, req).await,
+    }
+}
+
+/// The data-plane access token of sandbox `id` when auth is on (`envdAccessToken`).
+pub fn access_token(st: &AppState, id: &str) -> Option<String> {
+    if !st.auth.enabled() {
+        return None;
+    }
+    st.auth.secrets().map(|s| s.access_token(id))
+}
+
+/// With auth on, data-plane requests carry the sandbox's access token (`X-Access-Token`, as
+/// the SDK sends it after create/connect) or an admin API key.
+fn data_plane_allowed(st: &AppState, id: &str, headers: &HeaderMap) -> Result<(), E2bError> {
+    if !st.auth.enabled() {
+        return Ok(());
+    }
+    if let (Some(token), Some(secrets)) = (header_str(headers, "x-access-token"), st.auth.secrets())
+        && secrets.check_access_token(id, token)
+    {
+        return Ok(());
+    }
+    match st.auth.authenticate(headers) {
+        Ok(caller) if caller.project.is_none() => Ok(()),
+        _ => Err(E2bError::new(
+            StatusCode::UNAUTHORIZED,
+            format!(
+                "sandbox {id}: send its envdAccessToken (from create or connect) as \
+                 X-Access-Token, or an admin API key"
+            ),
+        )),
     }
 }
 

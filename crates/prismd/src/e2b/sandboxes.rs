@@ -6,15 +6,16 @@ use std::collections::BTreeMap;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use prism_store::ListFilter;
 use prism_types::{CreateSandboxRequest, Sandbox, SandboxState};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::{E2bError, ENVD_VERSION, check_api_key};
+use super::{E2bError, ENVD_VERSION};
 use crate::AppState;
+use crate::auth::Caller;
 
 type E2bResult<T> = Result<T, E2bError>;
 
@@ -62,6 +63,9 @@ pub struct Created {
     envd_version: &'static str,
     alias: String,
     domain: Option<String>,
+    /// With auth on: the token the SDK sends as `X-Access-Token` on the data plane.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    envd_access_token: Option<String>,
 }
 
 /// A sandbox in `GET /sandboxes/{id}` and the lists.
@@ -96,7 +100,7 @@ fn e2b_state(s: SandboxState) -> Option<&'static str> {
     }
 }
 
-fn created(sb: &Sandbox) -> Created {
+fn created(st: &AppState, sb: &Sandbox) -> Created {
     Created {
         template_id: sb.template.clone(),
         sandbox_id: sb.id.clone(),
@@ -104,6 +108,7 @@ fn created(sb: &Sandbox) -> Created {
         envd_version: ENVD_VERSION,
         alias: sb.template.clone(),
         domain: None,
+        envd_access_token: super::access_token(st, &sb.id),
     }
 }
 
@@ -145,27 +150,25 @@ fn json<T: DeserializeOwned>(body: &Bytes) -> E2bResult<T> {
 
 pub async fn create(
     State(st): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     body: Bytes,
 ) -> E2bResult<(StatusCode, Json<Created>)> {
-    check_api_key(&headers)?;
     let req: NewSandbox = json(&body)?;
     let network = match req.allow_internet_access {
         Some(false) => Some("none".to_string()),
         Some(true) => Some("open".to_string()),
         None => None,
     };
-    let sb = st
-        .manager
-        .create(CreateSandboxRequest {
-            template: Some(template_of(&req.template_id)),
-            env: req.env_vars.unwrap_or_default(),
-            labels: req.metadata.unwrap_or_default(),
-            timeout_s: Some(req.timeout.unwrap_or(prism_types::DEFAULT_TIMEOUT_S)),
-            network,
-            ..Default::default()
-        })
-        .await?;
+    // The same path as Prism's own create: quota, owner (project), secrets.
+    let create = CreateSandboxRequest {
+        template: Some(template_of(&req.template_id)),
+        env: req.env_vars.unwrap_or_default(),
+        labels: req.metadata.unwrap_or_default(),
+        timeout_s: Some(req.timeout.unwrap_or(prism_types::DEFAULT_TIMEOUT_S)),
+        network,
+        ..Default::default()
+    };
+    let sb = crate::auth::routes::create_owned(&st, &caller, create).await?;
     if let Err(e) = super::envd::init_env(&st, &sb.id, &sb.env).await {
         // Half a sandbox is worse than none: do not leave it running.
         if let Err(error) = st.manager.destroy(&sb.id).await {
@@ -173,7 +176,7 @@ pub async fn create(
         }
         return Err(e);
     }
-    Ok((StatusCode::CREATED, Json(created(&sb))))
+    Ok((StatusCode::CREATED, Json(created(&st, &sb))))
 }
 
 /// A live sandbox (not destroyed) or E2B's 404.
@@ -188,22 +191,12 @@ async fn live(st: &AppState, id: &str) -> E2bResult<(Sandbox, &'static str)> {
     }
 }
 
-pub async fn info(
-    State(st): State<AppState>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> E2bResult<Json<Detail>> {
-    check_api_key(&headers)?;
+pub async fn info(State(st): State<AppState>, Path(id): Path<String>) -> E2bResult<Json<Detail>> {
     let (sb, state) = live(&st, &id).await?;
     Ok(Json(detail(&sb, state)))
 }
 
-pub async fn kill(
-    State(st): State<AppState>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> E2bResult<StatusCode> {
-    check_api_key(&headers)?;
+pub async fn kill(State(st): State<AppState>, Path(id): Path<String>) -> E2bResult<StatusCode> {
     live(&st, &id).await?;
     st.manager.destroy(&id).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -218,11 +211,9 @@ struct TimeoutBody {
 /// the timeout, when given, is applied. 201 when resumed, 200 when it was running.
 pub async fn connect(
     State(st): State<AppState>,
-    headers: HeaderMap,
     Path(id): Path<String>,
     body: Bytes,
 ) -> E2bResult<Response> {
-    check_api_key(&headers)?;
     let req: TimeoutBody = json(&body)?;
     let (sb, state) = live(&st, &id).await?;
     let resumed = state == "paused";
@@ -239,16 +230,11 @@ pub async fn connect(
     } else {
         StatusCode::OK
     };
-    Ok((status, Json(created(&sb))).into_response())
+    Ok((status, Json(created(&st, &sb))).into_response())
 }
 
 /// `POST /sandboxes/{id}/resume`: like connect, but only for a paused sandbox (409 otherwise).
-pub async fn resume(
-    st: State<AppState>,
-    headers: HeaderMap,
-    id: Path<String>,
-    body: Bytes,
-) -> E2bResult<Response> {
+pub async fn resume(st: State<AppState>, id: Path<String>, body: Bytes) -> E2bResult<Response> {
     let (_, state) = live(&st, &id).await?;
     if state != "paused" {
         return Err(E2bError::new(
@@ -256,17 +242,12 @@ pub async fn resume(
             format!("sandbox {} is already running", id.0),
         ));
     }
-    connect(st, headers, id, body).await
+    connect(st, id, body).await
 }
 
 /// `POST /sandboxes/{id}/pause`: Prism stops the sandbox (its filesystem is kept; processes
 /// and memory are not).
-pub async fn pause(
-    State(st): State<AppState>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> E2bResult<StatusCode> {
-    check_api_key(&headers)?;
+pub async fn pause(State(st): State<AppState>, Path(id): Path<String>) -> E2bResult<StatusCode> {
     let (_, state) = live(&st, &id).await?;
     if state == "paused" {
         return Err(E2bError::new(
@@ -280,11 +261,9 @@ pub async fn pause(
 
 pub async fn set_timeout(
     State(st): State<AppState>,
-    headers: HeaderMap,
     Path(id): Path<String>,
     body: Bytes,
 ) -> E2bResult<StatusCode> {
-    check_api_key(&headers)?;
     let req: TimeoutBody = json(&body)?;
     let t = req
         .timeout
@@ -302,11 +281,9 @@ struct RefreshBody {
 /// `POST /sandboxes/{id}/refreshes`: keep alive for `duration` more seconds (default 60).
 pub async fn refresh(
     State(st): State<AppState>,
-    headers: HeaderMap,
     Path(id): Path<String>,
     body: Bytes,
 ) -> E2bResult<StatusCode> {
-    check_api_key(&headers)?;
     let req: RefreshBody = json(&body)?;
     live(&st, &id).await?;
     st.manager
@@ -335,10 +312,8 @@ pub struct Metric {
 /// window is not kept: Prism reads cgroup counters, it does not store a history).
 pub async fn metrics(
     State(st): State<AppState>,
-    headers: HeaderMap,
     Path(id): Path<String>,
 ) -> E2bResult<Json<Vec<Metric>>> {
-    check_api_key(&headers)?;
     let (sb, state) = live(&st, &id).await?;
     if state != "running" {
         return Ok(Json(Vec::new()));
@@ -422,10 +397,9 @@ fn percent_decode(s: &str) -> E2bResult<String> {
 /// page's token is in `x-next-token`.
 pub async fn list(
     State(st): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     Query(q): Query<ListQuery>,
 ) -> E2bResult<Response> {
-    check_api_key(&headers)?;
     let mut states = Vec::new();
     for s in q.state.as_deref().unwrap_or("running,paused").split(',') {
         match s.trim() {
@@ -466,6 +440,7 @@ pub async fn list(
             label: metadata.first().cloned(),
             limit: 1000,
             after_id: cursor.clone(),
+            project: caller.project.clone(),
         };
         let (batch, next) = st.manager.list(filter).await?;
         more = next.is_some();
@@ -497,13 +472,13 @@ pub async fn list(
 /// `GET /sandboxes` (v1): every running sandbox, optionally filtered by metadata.
 pub async fn list_running(
     st: State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     Query(mut q): Query<ListQuery>,
 ) -> E2bResult<Response> {
     q.state = Some("running".into());
     q.limit = Some(1000);
     q.next_token = None;
-    list(st, headers, Query(q)).await
+    list(st, caller, Query(q)).await
 }
 
 #[cfg(test)]

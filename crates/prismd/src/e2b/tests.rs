@@ -26,12 +26,16 @@ fn setup() -> T {
     let rt = FakeRuntime::new(dir.path());
     let agents = FakeAgents::for_runtime(&rt);
     let store = Arc::new(SqliteStore::open(&dir.path().join("state.db")).unwrap());
+    let auth = Arc::new(
+        crate::auth::Auth::new(false, store.clone(), crate::auth::Limits::default()).unwrap(),
+    );
     let manager =
         SandboxManager::new(store, rt, agents, ManagerConfig::new(dir.path().into())).unwrap();
     let state = AppState {
         manager,
         ready: Arc::new(AtomicBool::new(true)),
         listen: "127.0.0.1:8008".parse().unwrap(),
+        auth,
     };
     T {
         _dir: dir,

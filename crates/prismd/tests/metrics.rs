@@ -1,0 +1,111 @@
+//! `/metrics` end to end: the real prismd; the page parses with a Prometheus text parser and
+//! its counters move with the requests made.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use prism_types::{CreateSandboxRequest, ExecRequest};
+use support::Daemon;
+
+async fn scrape(url: &str) -> prometheus_parse::Scrape {
+    let text = reqwest::get(format!("{url}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap()
+}
+
+fn value(s: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    s.samples
+        .iter()
+        .find(|x| {
+            (x.metric == name || Some(x.metric.as_str()) == name.strip_suffix("_total"))
+                && labels
+                    .iter()
+                    .all(|(k, v)| x.labels.get(k).is_some_and(|l| l == *v))
+        })
+        .and_then(|x| match &x.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => Some(*v),
+            prometheus_parse::Value::Histogram(b) => b.last().map(|b| b.count),
+            _ => None,
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_parse_and_counters_move() {
+    if !support::root_or_skip("metrics_parse_and_counters_move") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(dir.path()).await;
+    let c = &d.client;
+    let sb = c.create(&CreateSandboxRequest::default()).await.unwrap();
+    let exec = ExecRequest {
+        command: Some("true".into()),
+        ..Default::default()
+    };
+    c.exec(&sb.id, &exec).await.unwrap();
+
+    let first = scrape(&d.url()).await;
+    let exec_route = [
+        ("route", "/v1/sandboxes/:id/exec"),
+        ("method", "POST"),
+        ("status", "200"),
+    ];
+    let execs = value(&first, "prism_http_requests_total", &exec_route)
+        .unwrap_or_else(|| panic!("no exec counter in {:?}", first.samples));
+    assert!(execs >= 1.0, "{execs}");
+    let creates = value(
+        &first,
+        "prism_http_requests_total",
+        &[
+            ("route", "/v1/sandboxes"),
+            ("method", "POST"),
+            ("status", "201"),
+        ],
+    );
+    assert_eq!(creates, Some(1.0));
+    assert_eq!(
+        value(&first, "prism_sandboxes", &[("state", "running")]),
+        Some(1.0)
+    );
+    let names: Vec<_> = first.samples.iter().map(|s| s.metric.clone()).collect();
+    let mem = value(&first, "prism_sandbox_memory_bytes", &[("sandbox", &sb.id)])
+        .unwrap_or_else(|| panic!("no memory gauge among {names:?}"));
+    assert!(mem > 0.0, "{mem}");
+    let create_hist = value(&first, "prism_sandbox_create_duration_seconds_count", &[])
+        .or_else(|| value(&first, "prism_sandbox_create_duration_seconds", &[]));
+    assert_eq!(create_hist, Some(1.0));
+
+    // Two more execs and a 404: the counters move by exactly that.
+    c.exec(&sb.id, &exec).await.unwrap();
+    c.exec(&sb.id, &exec).await.unwrap();
+    assert!(c.get("no-such-sandbox").await.is_err());
+    let second = scrape(&d.url()).await;
+    assert_eq!(
+        value(&second, "prism_http_requests_total", &exec_route),
+        Some(execs + 2.0)
+    );
+    assert_eq!(
+        value(
+            &second,
+            "prism_http_requests_total",
+            &[
+                ("route", "/v1/sandboxes/:id"),
+                ("method", "GET"),
+                ("status", "404")
+            ]
+        ),
+        Some(1.0)
+    );
+    c.destroy(&sb.id).await.unwrap();
+    let third = scrape(&d.url()).await;
+    assert_eq!(
+        value(&third, "prism_sandboxes", &[("state", "running")]),
+        Some(0.0)
+    );
+}
