@@ -128,7 +128,8 @@ pub fn run(
 }
 
 /// `(create+exec+destroy, create → first exec output)` samples with a warm pool of `base`:
-/// before each (untimed), wait until the pool has a ready member, so every sample is a claim.
+/// before each (untimed), wait until the pool is full and idle, so every sample is a claim
+/// (the refill it triggers runs during the sample, as it would on a busy daemon).
 /// Returns an error if a sample missed the pool.
 pub fn run_pooled(
     state: &Path,
@@ -145,7 +146,7 @@ pub fn run_pooled(
             let deadline = Instant::now() + Duration::from_secs(30);
             loop {
                 let info = client.info().await?;
-                if info.pools.first().is_some_and(|p| p.ready >= 1) {
+                if info.pools.first().is_some_and(|p| p.ready == p.size && p.starting == 0) {
                     return Ok::<_, anyhow::Error>(info.pools[0].claimed);
                 }
                 if Instant::now() > deadline {
