@@ -334,6 +334,7 @@ impl SandboxManager {
                 pids: rec.spec.resources.pids,
                 disk_bytes: rec.spec.resources.disk_mb.map(|m| m << 20),
             },
+            security: security_profile(rec.spec.security),
         };
         let rt = self.inner.runtime.clone();
         let started = blocking(move || rt.start(&spec)).await?;
@@ -599,5 +600,16 @@ impl SandboxManager {
         self.event(&rec.id, "timeout_set", format!("timeout_s={timeout_s}"))
             .await;
         Ok(to_api(&rec))
+    }
+}
+
+/// The runtime's security profile for a request's security options.
+fn security_profile(
+    opts: Option<prism_types::SecurityOptions>,
+) -> crate::security::SecurityProfile {
+    let profile = crate::security::SecurityProfile::default();
+    match opts {
+        Some(o) if o.allow_ptrace => profile.allow_ptrace(),
+        _ => profile,
     }
 }
