@@ -1,6 +1,7 @@
 //! Attacks on the kernel's surface: dangerous syscalls, capabilities, /proc and /sys, ptrace of
 //! the agent, new namespaces.
 
+use prism_core::Runtime;
 use prism_core::security::SecurityProfile;
 
 use crate::support::harness;
@@ -89,7 +90,11 @@ fn dangerous_syscalls_fail_with_eperm() {
     }
     // Without CAP_SYS_ADMIN a new mount namespace is refused by the kernel itself.
     assert_eq!(field(&out, "unshare_mnt"), Some("1"), "{out:?}");
-    assert_eq!(field(&out, "clone3"), Some("38"), "clone3 not ENOSYS: {out:?}");
+    assert_eq!(
+        field(&out, "clone3"),
+        Some("38"),
+        "clone3 not ENOSYS: {out:?}"
+    );
     let want = prism_sys::caps::mask(prism_core::security::DEFAULT_CAPS).expect("caps");
     let hex = |k| u64::from_str_radix(field(&out, k).unwrap_or("x"), 16).ok();
     assert_eq!(hex("CapEff"), Some(want), "{out:?}");
@@ -104,7 +109,7 @@ fn dangerous_syscalls_fail_with_eperm() {
 /// sched_debug, sysrq-trigger, /proc/sys, /sys/firmware), the agent's root and memory through
 /// /proc/1, and the agent's control socket.
 /// Expected: masked files read empty, read-only ones fail with EROFS, /proc/1/root and
-/// /proc/1/mem are EACCES (the agent is not dumpable), and no unix socket of the agent exists in
+/// /proc/1/mem and /proc/1/fd/* are EACCES (the agent is not dumpable), and no unix socket of the agent exists in
 /// the sandbox's filesystem (the agent listens on an fd passed by the host).
 #[test]
 fn proc_sys_and_the_agent_are_out_of_reach() {
@@ -131,7 +136,7 @@ attempt("sysctl", lambda: open("/proc/sys/kernel/core_pattern", "w").write("|/ev
 attempt("firmware", lambda: len(os.listdir("/sys/firmware")))
 attempt("agent_root", lambda: os.listdir("/proc/1/root"))
 attempt("agent_mem", lambda: open("/proc/1/mem", "rb").read(1))
-attempt("agent_fd", lambda: os.listdir("/proc/1/fd"))
+attempt("agent_fd", lambda: os.readlink("/proc/1/fd/3"))
 socks = []
 for d, _, files in os.walk("/", topdown=True):
     if d.startswith(("/proc", "/sys")):
@@ -146,11 +151,22 @@ print(f"sockets={len(socks)}")
 "#,
     );
     assert_eq!(out.exit_code, 0, "{out:?}");
-    assert_eq!(field(&out, "kcore"), Some("ok:0"), "{out:?}");
+    // Absent on kernels built without them (ENOENT), empty when present.
+    assert!(
+        matches!(field(&out, "kcore"), Some("ok:0") | Some("2")),
+        "{out:?}"
+    );
     assert_eq!(field(&out, "keys"), Some("ok:0"), "{out:?}");
     assert_eq!(field(&out, "timer_list"), Some("ok:0"), "{out:?}");
-    assert_eq!(field(&out, "sysrq"), Some("30"), "sysrq not EROFS: {out:?}");
-    assert_eq!(field(&out, "sysctl"), Some("30"), "sysctl not EROFS: {out:?}");
+    assert!(
+        matches!(field(&out, "sysrq"), Some("30") | Some("2")),
+        "sysrq not EROFS: {out:?}"
+    );
+    assert_eq!(
+        field(&out, "sysctl"),
+        Some("30"),
+        "sysctl not EROFS: {out:?}"
+    );
     assert!(
         matches!(field(&out, "firmware"), Some("ok:0") | Some("2")),
         "{out:?}"
