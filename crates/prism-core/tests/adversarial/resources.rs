@@ -138,7 +138,7 @@ open("/keep", "w").write("kept")
     let client = prism_proto::AgentClient::new(&handle.agent_socket);
     assert_eq!(h.sh(&client, "cat /keep").stdout, "kept");
     let img = image.display().to_string();
-    assert!(loop_backing_files().iter().any(|f| *f == img));
+    assert!(loop_backing_files().contains(&img));
     h.runtime.destroy("adv-disk").expect("destroy");
     assert!(!image.exists());
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
