@@ -54,6 +54,7 @@ for line in open("/proc/self/status"):
 /// on; the host's module list is unchanged.
 #[test]
 fn dangerous_syscalls_fail_with_eperm() {
+    let _serial = crate::serial();
     let Some(h) = harness("adversarial dangerous_syscalls") else {
         return;
     };
@@ -113,6 +114,7 @@ fn dangerous_syscalls_fail_with_eperm() {
 /// the sandbox's filesystem (the agent listens on an fd passed by the host).
 #[test]
 fn proc_sys_and_the_agent_are_out_of_reach() {
+    let _serial = crate::serial();
     let Some(h) = harness("adversarial proc_sys") else {
         return;
     };
@@ -184,6 +186,7 @@ print(f"sockets={len(socks)}")
 /// attaching to PID 1 still fails with EPERM.
 #[test]
 fn allow_ptrace_traces_children_but_never_the_agent() {
+    let _serial = crate::serial();
     let Some(h) = harness("adversarial allow_ptrace") else {
         return;
     };

@@ -12,6 +12,7 @@ use crate::{field, py, small};
 /// sandbox's own upper layer, and the host's file and /usr are unchanged afterwards.
 #[test]
 fn host_files_are_neither_readable_nor_writable() {
+    let _serial = crate::serial();
     let Some(h) = harness("adversarial host_files") else {
         return;
     };
@@ -68,6 +69,7 @@ attempt("cwd", lambda: os.getcwd())
 /// /usr/bin/python3 keeps its bytes.
 #[test]
 fn links_through_the_file_api_stay_inside() {
+    let _serial = crate::serial();
     let Some(h) = harness("adversarial links") else {
         return;
     };
@@ -113,6 +115,7 @@ fn links_through_the_file_api_stay_inside() {
 /// serving.
 #[test]
 fn huge_filenames_get_clean_errors() {
+    let _serial = crate::serial();
     let Some(h) = harness("adversarial huge_names") else {
         return;
     };
