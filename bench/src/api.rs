@@ -146,7 +146,11 @@ pub fn run_pooled(
             let deadline = Instant::now() + Duration::from_secs(30);
             loop {
                 let info = client.info().await?;
-                if info.pools.first().is_some_and(|p| p.ready == p.size && p.starting == 0) {
+                if info
+                    .pools
+                    .first()
+                    .is_some_and(|p| p.ready == p.size && p.starting == 0)
+                {
                     return Ok::<_, anyhow::Error>(info.pools[0].claimed);
                 }
                 if Instant::now() > deadline {

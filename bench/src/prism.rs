@@ -61,6 +61,7 @@ pub fn create_exec_destroy(
             hostname: id.clone(),
             rootfs: rootfs.clone(),
             limits: Limits::default(),
+            security: Default::default(),
         };
         let t0 = Instant::now();
         let handle = runtime.start(&spec)?;

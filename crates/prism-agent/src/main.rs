@@ -56,6 +56,11 @@ fn main() -> anyhow::Result<()> {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+    // Sandbox code runs as the same (namespace) root as the agent: without this it could
+    // ptrace the agent or read its memory and fds through /proc/1.
+    if let Err(error) = prism_sys::proc::set_undumpable() {
+        tracing::warn!(message = "cannot make the agent non-dumpable", %error);
+    }
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

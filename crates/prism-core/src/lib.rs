@@ -4,6 +4,7 @@
 pub mod lifecycle;
 pub mod namespace;
 pub mod runtime;
+pub mod security;
 pub mod template;
 
 pub use runtime::{

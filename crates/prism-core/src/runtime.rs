@@ -7,6 +7,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::security::SecurityProfile;
+
 /// One overlay mount of the sandbox's root filesystem: `target` (absolute, inside the sandbox)
 /// shows `lowers` (host directories, read-only, first = top) under a private writable upper.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,6 +42,9 @@ pub struct SandboxSpec {
     pub hostname: String,
     pub rootfs: RootfsSpec,
     pub limits: Limits,
+    /// Capabilities, seccomp, masked paths and rlimits (default: [`SecurityProfile::default`]).
+    #[serde(default)]
+    pub security: SecurityProfile,
 }
 
 /// What the daemon must persist to find a running sandbox again after its own restart.

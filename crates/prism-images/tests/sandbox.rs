@@ -110,6 +110,7 @@ fn a_sandbox_runs_from_a_pulled_image_as_root() {
         hostname: "img".into(),
         rootfs: prism_images::rootfs(&store, &rec).expect("rootfs"),
         limits: Limits::default(),
+        security: Default::default(),
     };
     let handle = runtime.start(&spec).expect("start sandbox from image");
     let _cleanup = Cleanup {

@@ -2,11 +2,14 @@
 //! functions and traits that the rest of the workspace calls (and fakes in unit tests).
 #![allow(unsafe_code)]
 
+pub mod caps;
 pub mod cgroup;
 pub mod exec;
 pub mod fdpass;
 pub mod fs;
 pub mod ids;
 pub mod launch;
+pub mod loopdev;
 pub mod mount;
 pub mod proc;
+pub mod seccomp;

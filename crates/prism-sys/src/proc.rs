@@ -115,6 +115,17 @@ pub fn pidfd_wait_exit(pidfd: &OwnedFd, timeout: std::time::Duration) -> io::Res
     }
 }
 
+/// Make the calling process non-dumpable: processes without `CAP_SYS_PTRACE` can no longer
+/// ptrace it or read its memory, fds or `/proc/PID/root` (the agent calls this at start).
+pub fn set_undumpable() -> io::Result<()> {
+    // SAFETY: prctl with integer arguments only.
+    let rc = unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Field 22 (`starttime`, clock ticks since boot) of `/proc/PID/stat`.
 pub fn start_time(pid: u32) -> io::Result<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;

@@ -138,6 +138,19 @@ pub struct CreateSandboxRequest {
     /// the ones listed by `prismctl port`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<u16>,
+    /// Relaxations of the default security profile (absent = the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security: Option<SecurityOptions>,
+}
+
+/// Per-sandbox relaxations of the default security profile (see docs/threat-model.md).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SecurityOptions {
+    /// Allow `ptrace` between the sandbox's own processes (debuggers, strace). The agent
+    /// (PID 1) stays untraceable.
+    #[serde(default)]
+    pub allow_ptrace: bool,
 }
 
 /// A sandbox as the API shows it.

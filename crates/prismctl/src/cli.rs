@@ -128,6 +128,12 @@ pub struct RunArgs {
     /// Process limit.
     #[arg(long)]
     pub pids: Option<u64>,
+    /// Size limit of the sandbox's writable layer in MiB (writes past it fail with ENOSPC).
+    #[arg(long, value_name = "MIB")]
+    pub disk: Option<u64>,
+    /// Allow ptrace between the sandbox's processes (debuggers, strace).
+    #[arg(long)]
+    pub allow_ptrace: bool,
     /// TTL in seconds (0 = none; default 300).
     #[arg(long)]
     pub timeout: Option<u64>,

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use clap::{CommandFactory, Parser};
 use futures_util::StreamExt;
 use prism_client::Client;
-use prism_types::{CreateSandboxRequest, Resources, Sandbox, SandboxState};
+use prism_types::{CreateSandboxRequest, Resources, Sandbox, SandboxState, SecurityOptions};
 
 mod attach;
 mod cli;
@@ -79,12 +79,15 @@ fn create_request(a: &RunArgs, cmd: Option<Vec<String>>) -> anyhow::Result<Creat
             cpus: a.cpus,
             memory_mb: a.memory,
             pids: a.pids,
-            disk_mb: None,
+            disk_mb: a.disk,
         },
         timeout_s: a.timeout,
         idle_timeout_s: a.idle_timeout,
         network: a.network.clone(),
         ports: a.ports.clone(),
+        security: a
+            .allow_ptrace
+            .then_some(SecurityOptions { allow_ptrace: true }),
     })
 }
 

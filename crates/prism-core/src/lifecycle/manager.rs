@@ -397,6 +397,7 @@ impl SandboxManager {
                 .unwrap_or_else(|| rec.id.chars().take(12).collect()),
             rootfs: templates::rootfs(&rec.template, &cfg.state_dir)?,
             limits: limits_of(&rec.spec.resources),
+            security: security_profile(rec.spec.security),
         };
         let rt = self.inner.runtime.clone();
         let started = blocking(move || rt.start(&spec)).await?;
@@ -672,5 +673,16 @@ impl SandboxManager {
         self.event(&rec.id, "timeout_set", format!("timeout_s={timeout_s}"))
             .await;
         Ok(to_api(&rec))
+    }
+}
+
+/// The runtime's security profile for a request's security options.
+fn security_profile(
+    opts: Option<prism_types::SecurityOptions>,
+) -> crate::security::SecurityProfile {
+    let profile = crate::security::SecurityProfile::default();
+    match opts {
+        Some(o) if o.allow_ptrace => profile.allow_ptrace(),
+        _ => profile,
     }
 }

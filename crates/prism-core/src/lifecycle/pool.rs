@@ -35,7 +35,7 @@ pub struct PoolConfig {
 impl PoolConfig {
     /// Whether a validated create request can be served by a member of this pool: same
     /// template and resources, no name (the hostname is fixed at start), no network beyond
-    /// loopback.
+    /// loopback, the default security profile.
     pub fn fits(&self, spec: &CreateSandboxRequest) -> bool {
         spec.name.is_none()
             && spec
@@ -45,6 +45,9 @@ impl PoolConfig {
                 == self.template
             && spec.resources == self.resources
             && spec.network.as_deref().unwrap_or("none") == "none"
+            && spec
+                .security
+                .is_none_or(|s| s == prism_types::SecurityOptions::default())
     }
 }
 
@@ -330,6 +333,7 @@ impl SandboxManager {
             hostname: id.chars().take(12).collect(),
             rootfs,
             limits: super::manager::limits_of(&cfg.resources),
+            security: crate::security::SecurityProfile::default(),
         };
         let rt = self.inner.runtime.clone();
         let handle = blocking(move || rt.start(&spec))

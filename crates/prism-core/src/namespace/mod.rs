@@ -2,6 +2,7 @@
 //! and network namespaces, with an overlay root over idmapped read-only host directories, limits
 //! from a cgroup, and `prism-agent` as PID 1.
 
+mod disk;
 mod plan;
 mod slots;
 #[cfg(test)]
@@ -115,7 +116,10 @@ impl NamespaceRuntime {
         // Directories of existing sandboxes keep their id ranges.
         if let Ok(entries) = fs::read_dir(&cfg.sandboxes_dir) {
             for e in entries.flatten() {
-                if let Some(base) = read_uid_base(&SandboxDirs { root: e.path() }) {
+                if let Some(base) = read_uid_base(&SandboxDirs {
+                    root: e.path(),
+                    quota: false,
+                }) {
                     slots.take(base);
                 }
             }
@@ -130,7 +134,9 @@ impl NamespaceRuntime {
     }
 
     fn dirs(&self, id: &str) -> SandboxDirs {
-        SandboxDirs::new(&self.cfg.sandboxes_dir, id)
+        let dirs = SandboxDirs::new(&self.cfg.sandboxes_dir, id);
+        let quota = disk::has_quota(&dirs);
+        dirs.with_quota(quota)
     }
 
     /// Create the sandbox's directories (first start) and return its id range.
@@ -148,6 +154,10 @@ impl NamespaceRuntime {
                 base
             }
         };
+        if dirs.quota {
+            disk::ensure_mounted(dirs, spec.limits.disk_bytes.unwrap_or(0), base)
+                .map_err(|e| RuntimeError::StartFailed(error_chain(&e)))?;
+        }
         for (i, layer) in spec.rootfs.mounts.iter().enumerate() {
             for j in 0..layer.lowers.len() {
                 fs::create_dir_all(dirs.lower(i, j)).map_err(sys("creating a mount point"))?;
@@ -207,7 +217,9 @@ impl NamespaceRuntime {
         dirs: &SandboxDirs,
         ids: IdMap,
     ) -> Result<SandboxHandle, RuntimeError> {
-        let plan = plan(dirs, &spec.rootfs, &spec.hostname)?;
+        let mut plan = plan(dirs, &spec.rootfs, &spec.hostname)?;
+        plan.add_security(dirs, &spec.security)?;
+        let hardening = spec.security.hardening()?;
         let socket = dirs.agent_socket();
         let _ = fs::remove_file(&socket);
         let listener = UnixListener::bind(&socket).map_err(sys("binding the agent socket"))?;
@@ -229,6 +241,7 @@ impl NamespaceRuntime {
             ],
             fd3: listener.into(),
             stderr: stderr.into(),
+            hardening,
         };
         let launched = launch(&cfg, &mut |pid| {
             self.cgroups
@@ -343,7 +356,16 @@ impl Runtime for NamespaceRuntime {
     fn start(&self, spec: &SandboxSpec) -> Result<SandboxHandle, RuntimeError> {
         validate_id(&spec.id)?;
         let dirs = self.dirs(&spec.id);
-        let ids = self.prepare_dirs(spec, &dirs)?;
+        // The quota is decided at the first start: an existing image keeps being used.
+        let quota = dirs.quota || spec.limits.disk_bytes.is_some();
+        let dirs = dirs.with_quota(quota);
+        let ids = match self.prepare_dirs(spec, &dirs) {
+            Ok(ids) => ids,
+            Err(e) => {
+                let _ = disk::unmount(&dirs);
+                return Err(e);
+            }
+        };
         self.cgroups
             .create(&spec.id, &cgroup_limits(spec))
             .map_err(|e| RuntimeError::InvalidSpec(error_chain(&e)))?;
@@ -351,6 +373,7 @@ impl Runtime for NamespaceRuntime {
             Ok(h) => Ok(h),
             Err(e) => {
                 let _ = self.kill(&spec.id);
+                let _ = disk::unmount(&dirs);
                 Err(e)
             }
         }
@@ -364,7 +387,9 @@ impl Runtime for NamespaceRuntime {
             let _ = prism_sys::proc::pidfd_wait_exit(&fd, std::time::Duration::from_secs(5));
         }
         self.kill(&handle.id)?;
-        let _ = fs::remove_file(self.dirs(&handle.id).agent_socket());
+        let dirs = self.dirs(&handle.id);
+        let _ = fs::remove_file(dirs.agent_socket());
+        disk::unmount(&dirs).map_err(|e| RuntimeError::StartFailed(error_chain(&e)))?;
         Ok(())
     }
 
@@ -375,6 +400,7 @@ impl Runtime for NamespaceRuntime {
             .destroy(id)
             .map_err(|e| RuntimeError::StartFailed(error_chain(&e)))?;
         let dirs = self.dirs(id);
+        disk::unmount(&dirs).map_err(|e| RuntimeError::StartFailed(error_chain(&e)))?;
         let base = read_uid_base(&dirs);
         self.trash
             .discard(&dirs.root)
@@ -422,7 +448,7 @@ impl Runtime for NamespaceRuntime {
             memory_limit_bytes: c.memory_limit_bytes,
             pids: c.pids,
             oom_kills: c.oom_kills,
-            disk_bytes: dir_usage(&self.dirs(&handle.id).root.join("upper")),
+            disk_bytes: dir_usage(&self.dirs(&handle.id).layers().join("upper")),
         })
     }
 

@@ -6,24 +6,49 @@ use std::path::{Path, PathBuf};
 use prism_sys::launch::{Step, flags};
 
 use crate::runtime::{RootfsSpec, RuntimeError};
+use crate::security::SecurityProfile;
 
 /// Where a sandbox's pieces live on the host (`<state>/sandboxes/<id>/…`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SandboxDirs {
     pub root: PathBuf,
+    /// The writable layers live on a size-limited filesystem image mounted at [`Self::disk`].
+    pub quota: bool,
 }
 
 impl SandboxDirs {
     pub fn new(sandboxes_dir: &Path, id: &str) -> Self {
         Self {
             root: sandboxes_dir.join(id),
+            quota: false,
+        }
+    }
+    /// The same sandbox with its writable layers on its disk image.
+    pub fn with_quota(mut self, quota: bool) -> Self {
+        self.quota = quota;
+        self
+    }
+    /// Where the upper and work directories live.
+    pub fn layers(&self) -> PathBuf {
+        if self.quota {
+            self.disk()
+        } else {
+            self.root.clone()
         }
     }
     pub fn upper(&self, layer: usize) -> PathBuf {
-        self.root.join("upper").join(layer.to_string())
+        self.layers().join("upper").join(layer.to_string())
     }
     pub fn work(&self, layer: usize) -> PathBuf {
-        self.root.join("work").join(layer.to_string())
+        self.layers().join("work").join(layer.to_string())
+    }
+    /// The sparse ext4 image holding the writable layers of a sandbox with a disk quota.
+    pub fn disk_image(&self) -> PathBuf {
+        self.root.join("disk.img")
+    }
+    /// Mount point of [`Self::disk_image`].
+    pub fn disk(&self) -> PathBuf {
+        self.root.join("disk")
     }
     pub fn lower(&self, layer: usize, index: usize) -> PathBuf {
         self.root.join("lower").join(format!("{layer}-{index}"))
@@ -245,4 +270,33 @@ pub fn plan(
     steps.push(Step::Hostname(hostname.to_string()));
     steps.push(Step::PivotRoot { new_root: root });
     Ok(MountPlan { trees, steps })
+}
+
+impl MountPlan {
+    /// Add the profile's masked and read-only paths, right before the pivot into the new root
+    /// (after `/proc`, `/sys` and `/dev` are mounted).
+    pub fn add_security(
+        &mut self,
+        dirs: &SandboxDirs,
+        profile: &SecurityProfile,
+    ) -> Result<(), RuntimeError> {
+        let root = dirs.rootfs();
+        let mut extra = Vec::new();
+        for p in &profile.masked_paths {
+            extra.push(Step::Mask {
+                path: under(&root, p)?,
+            });
+        }
+        for p in &profile.readonly_paths {
+            extra.push(Step::ReadOnly {
+                path: under(&root, p)?,
+            });
+        }
+        let at = match self.steps.last() {
+            Some(Step::PivotRoot { .. }) => self.steps.len() - 1,
+            _ => self.steps.len(),
+        };
+        self.steps.splice(at..at, extra);
+        Ok(())
+    }
 }

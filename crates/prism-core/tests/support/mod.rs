@@ -105,6 +105,7 @@ impl Harness {
             hostname: format!("host-{id}"),
             rootfs,
             limits,
+            security: Default::default(),
         }
     }
 

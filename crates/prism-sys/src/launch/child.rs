@@ -58,7 +58,7 @@ fn fail(sock: RawFd, step: usize, errno: i32) -> ! {
     }
 }
 
-fn errno() -> i32 {
+pub(super) fn errno() -> i32 {
     std::io::Error::last_os_error()
         .raw_os_error()
         .unwrap_or(libc::EIO)
@@ -110,7 +110,7 @@ unsafe fn recv_fds(sock: RawFd, out: &mut [RawFd; MAX_TREES]) -> isize {
 ///
 /// # Safety
 /// Raw syscalls on prepared C strings.
-unsafe fn step(s: &CStep, trees: &[RawFd; MAX_TREES]) -> i32 {
+unsafe fn step(p: &Prepared, s: &CStep, trees: &[RawFd; MAX_TREES]) -> i32 {
     // SAFETY: every pointer comes from a CString that outlives this call.
     unsafe {
         match s {
@@ -185,6 +185,89 @@ unsafe fn step(s: &CStep, trees: &[RawFd; MAX_TREES]) -> i32 {
             }
             CStep::LoopbackUp => loopback_up(),
             CStep::Hostname(h) => libc::sethostname(h.as_ptr(), h.as_bytes().len()),
+            CStep::Mask { path } => mask(p, path),
+            CStep::ReadOnly { path } => read_only(path),
+        }
+    }
+}
+
+/// `Some(is_dir)` for an existing path, `None` if it does not exist, `Err` on other errors.
+///
+/// # Safety
+/// `path` is a valid C string.
+unsafe fn kind(path: &std::ffi::CStr) -> Result<Option<bool>, ()> {
+    // SAFETY: stat into a zeroed local buffer.
+    unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        if libc::stat(path.as_ptr(), &mut st) != 0 {
+            return if errno() == libc::ENOENT {
+                Ok(None)
+            } else {
+                Err(())
+            };
+        }
+        Ok(Some(st.st_mode & libc::S_IFMT == libc::S_IFDIR))
+    }
+}
+
+/// # Safety
+/// Raw mounts on prepared C strings.
+unsafe fn mask(p: &Prepared, path: &std::ffi::CStr) -> i32 {
+    // SAFETY: pointers come from C strings that outlive the call.
+    unsafe {
+        match kind(path) {
+            Err(()) => -1,
+            Ok(None) => 0,
+            Ok(Some(true)) => libc::mount(
+                p.tmpfs.as_ptr(),
+                path.as_ptr(),
+                p.tmpfs.as_ptr(),
+                libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                p.mask_opts.as_ptr().cast(),
+            ),
+            Ok(Some(false)) => libc::mount(
+                p.dev_null.as_ptr(),
+                path.as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND,
+                std::ptr::null(),
+            ),
+        }
+    }
+}
+
+/// # Safety
+/// Raw mounts on a prepared C string.
+unsafe fn read_only(path: &std::ffi::CStr) -> i32 {
+    // SAFETY: pointers come from C strings that outlive the call.
+    unsafe {
+        match kind(path) {
+            Err(()) => -1,
+            Ok(None) => 0,
+            Ok(Some(_)) => {
+                if libc::mount(
+                    path.as_ptr(),
+                    path.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND | libc::MS_REC,
+                    std::ptr::null(),
+                ) != 0
+                {
+                    return -1;
+                }
+                libc::mount(
+                    std::ptr::null(),
+                    path.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND
+                        | libc::MS_REMOUNT
+                        | libc::MS_RDONLY
+                        | libc::MS_NOSUID
+                        | libc::MS_NODEV
+                        | libc::MS_NOEXEC,
+                    std::ptr::null(),
+                )
+            }
         }
     }
 }
@@ -237,9 +320,12 @@ pub(super) unsafe fn run(p: &Prepared, sock: RawFd, parent_end: RawFd) -> ! {
             fail(sock, base + 1, errno());
         }
         for (i, s) in p.steps.iter().enumerate() {
-            if step(s, &trees) != 0 {
+            if step(p, s, &trees) != 0 {
                 fail(sock, i, errno());
             }
+        }
+        if super::harden::limits_and_caps(&p.hardening) != 0 {
+            fail(sock, base + 4, errno());
         }
         for fd in trees.iter().filter(|fd| **fd >= 0) {
             libc::close(*fd);
@@ -272,6 +358,11 @@ pub(super) unsafe fn run(p: &Prepared, sock: RawFd, parent_end: RawFd) -> ! {
             }
         }
         libc::umask(0o022);
+        if let Some(prog) = &p.hardening.seccomp
+            && crate::seccomp::install(prog) != 0
+        {
+            fail(sock, base + 5, errno());
+        }
         libc::syscall(
             libc::SYS_execveat,
             exe,

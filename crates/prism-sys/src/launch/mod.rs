@@ -12,6 +12,7 @@
 //! exec happened) or with `(step, errno)` on failure.
 
 mod child;
+mod harden;
 mod prepare;
 
 use std::ffi::CString;
@@ -20,6 +21,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 
 use crate::ids::IdMap;
+pub use harden::{Hardening, Rlimit};
 pub use prepare::Prepared;
 
 /// One thing the child does, in order, before it execs. Paths are as the child sees them at
@@ -63,6 +65,15 @@ pub enum Step {
     /// Bring the loopback interface of the new network namespace up.
     LoopbackUp,
     Hostname(String),
+    /// Hide `path` if it exists: an empty read-only tmpfs over a directory, `/dev/null` over
+    /// anything else.
+    Mask {
+        path: PathBuf,
+    },
+    /// Make `path` read-only if it exists (a read-only bind mount of itself).
+    ReadOnly {
+        path: PathBuf,
+    },
 }
 
 /// Mount flags the planner may use in [`Step::Mount`].
@@ -91,6 +102,8 @@ pub struct LaunchConfig {
     pub fd3: OwnedFd,
     /// Becomes fd 2 (stderr) of the new process; stdin and stdout are `/dev/null`.
     pub stderr: OwnedFd,
+    /// Limits, capabilities and seccomp applied right before the exec.
+    pub hardening: Hardening,
 }
 
 /// A started sandbox init.
@@ -224,6 +237,8 @@ fn describe_step(cfg: &LaunchConfig, step: usize) -> String {
             Some(1) => "switching to the sandbox's root user".into(),
             Some(2) => "arranging file descriptors".into(),
             Some(3) => "exec of the sandbox's init".into(),
+            Some(4) => "setting limits and capabilities".into(),
+            Some(5) => "installing the seccomp filter".into(),
             _ => "unknown".into(),
         },
     }

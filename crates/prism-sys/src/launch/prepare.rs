@@ -6,7 +6,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-use super::{LaunchConfig, LaunchError, Step, cstring};
+use super::{Hardening, LaunchConfig, LaunchError, Step, cstring};
 
 /// A step with every string already a `CString`.
 #[derive(Debug)]
@@ -41,6 +41,12 @@ pub(crate) enum CStep {
     },
     LoopbackUp,
     Hostname(CString),
+    Mask {
+        path: CString,
+    },
+    ReadOnly {
+        path: CString,
+    },
 }
 
 /// The launch, ready for the child.
@@ -52,6 +58,9 @@ pub struct Prepared {
     pub(crate) stderr: RawFd,
     pub(crate) dev_null: CString,
     pub(crate) empty: CString,
+    pub(crate) tmpfs: CString,
+    pub(crate) mask_opts: CString,
+    pub(crate) hardening: Hardening,
     /// Keep the strings alive: `argv`/`envp` point into them.
     _argv: Vec<CString>,
     _env: Vec<CString>,
@@ -110,6 +119,12 @@ impl Prepared {
                 },
                 Step::LoopbackUp => CStep::LoopbackUp,
                 Step::Hostname(h) => CStep::Hostname(cstring("hostname", h.as_str())?),
+                Step::Mask { path: p } => CStep::Mask {
+                    path: path("masked path", p)?,
+                },
+                Step::ReadOnly { path: p } => CStep::ReadOnly {
+                    path: path("read-only path", p)?,
+                },
             });
         }
         if let Some(CStep::AttachTree { tree, .. }) = steps
@@ -143,6 +158,9 @@ impl Prepared {
             stderr: cfg.stderr.as_raw_fd(),
             dev_null: cstring("path", "/dev/null")?,
             empty: cstring("path", "")?,
+            tmpfs: cstring("fstype", "tmpfs")?,
+            mask_opts: cstring("mount data", "size=0,mode=555")?,
+            hardening: cfg.hardening.clone(),
             _argv: argv,
             _env: env,
             argv_ptrs,

@@ -1,0 +1,144 @@
+//! Attacks on the filesystem boundary: host files, writes outside, /proc/*/root tricks, symlinks
+//! and hard links through the agent's file API, huge names.
+
+use futures_util::StreamExt;
+
+use crate::support::harness;
+use crate::{field, py, small};
+
+/// Attacks: reading a host file and writing the host through every path the sandbox has: the
+/// path itself, /proc/self/root and /proc/1/root, `..` beyond `/`, and the shared base (/usr).
+/// Expected: the host secret is never found (ENOENT or EACCES), writes to /usr land in the
+/// sandbox's own upper layer, and the host's file and /usr are unchanged afterwards.
+#[test]
+fn host_files_are_neither_readable_nor_writable() {
+    let _serial = crate::serial();
+    let Some(h) = harness("adversarial host_files") else {
+        return;
+    };
+    let secret = h.state.path().join("host-secret");
+    std::fs::write(&secret, "TOPSECRET").expect("secret");
+    let secret = secret.display().to_string();
+    let (_handle, client) = h.start("adv-files", small());
+    let out = py(
+        &h,
+        &client,
+        &format!(
+            r#"
+import os
+def attempt(name, f):
+    try:
+        print(f"{{name}}=ok:{{f()}}")
+    except OSError as e:
+        print(f"{{name}}={{e.errno}}")
+s = "{secret}"
+attempt("direct", lambda: open(s).read())
+attempt("self_root", lambda: open("/proc/self/root" + s).read())
+attempt("agent_root", lambda: open("/proc/1/root" + s).read())
+attempt("dotdot", lambda: open("/../../.." + s).read())
+attempt("usr_write", lambda: open("/usr/prism-adversarial-marker", "w").write("x"))
+os.chdir("/")
+for _ in range(20):
+    os.chdir("..")
+attempt("cwd", lambda: os.getcwd())
+"#
+        ),
+    );
+    assert_eq!(out.exit_code, 0, "{out:?}");
+    for k in ["direct", "self_root", "dotdot"] {
+        assert_eq!(field(&out, k), Some("2"), "{k}: {out:?}");
+    }
+    assert!(
+        matches!(field(&out, "agent_root"), Some("13") | Some("2")),
+        "{out:?}"
+    );
+    assert_eq!(field(&out, "cwd"), Some("ok:/"), "{out:?}");
+    assert_eq!(field(&out, "usr_write"), Some("ok:1"), "{out:?}");
+    assert!(!std::path::Path::new("/usr/prism-adversarial-marker").exists());
+    assert_eq!(
+        std::fs::read_to_string(&secret).expect("secret"),
+        "TOPSECRET"
+    );
+}
+
+/// Attacks: the agent's file API (which runs as the sandbox's root, PID 1) through links made
+/// by sandbox code: a symlink to /proc/1/root/.., a symlink chain to `/`, and a hard link to a
+/// file of the shared base that the API then overwrites.
+/// Expected: links resolve inside the sandbox's root (reading through them gives the sandbox's
+/// own hostname), and writing through the hard link changes the sandbox's copy only: the host's
+/// /usr/bin/python3 keeps its bytes.
+#[test]
+fn links_through_the_file_api_stay_inside() {
+    let _serial = crate::serial();
+    let Some(h) = harness("adversarial links") else {
+        return;
+    };
+    let host_py = std::fs::canonicalize("/usr/bin/python3").expect("python3");
+    let before = std::fs::read(&host_py).expect("read python3");
+    let (_handle, client) = h.start("adv-links", small());
+    let out = h.sh(
+        &client,
+        &format!(
+            "ln -s /proc/1/root/.. /tmp/up && ln -s / /tmp/r1 && ln -s /tmp/r1/../../ /tmp/r2 && \
+             ln {} /usr/hard 2>&1; echo ln=$?",
+            host_py.display()
+        ),
+    );
+    assert!(out.stdout.contains("ln=0"), "{out:?}");
+    h.rt.block_on(async {
+        for path in ["/tmp/up/etc/hostname", "/tmp/r2/etc/hostname"] {
+            let mut s = client.read_file(path).await.expect("read through link");
+            let mut data = Vec::new();
+            while let Some(chunk) = s.next().await {
+                data.extend_from_slice(&chunk.expect("chunk"));
+            }
+            assert_eq!(
+                String::from_utf8_lossy(&data).trim(),
+                "host-adv-links",
+                "{path}"
+            );
+        }
+        client
+            .write_file(
+                "/usr/hard",
+                futures_util::stream::iter([Ok(bytes::Bytes::from_static(b"pwned"))]),
+            )
+            .await
+            .expect("write through hard link");
+    });
+    assert_eq!(std::fs::read(&host_py).expect("read python3"), before);
+}
+
+/// Attacks: path-length handling of the kernel and of the agent: a 255-byte name (the limit), a
+/// 256-byte one, and a 5000-byte path through the file API.
+/// Expected: 255 works, 256 fails with ENAMETOOLONG, the API answers an error and the agent keeps
+/// serving.
+#[test]
+fn huge_filenames_get_clean_errors() {
+    let _serial = crate::serial();
+    let Some(h) = harness("adversarial huge_names") else {
+        return;
+    };
+    let (_handle, client) = h.start("adv-names", small());
+    let out = py(
+        &h,
+        &client,
+        r#"
+def attempt(name, f):
+    try:
+        f(); print(f"{name}=ok")
+    except OSError as e:
+        print(f"{name}={e.errno}")
+attempt("n255", lambda: open("/tmp/" + "a" * 255, "w").close())
+attempt("n256", lambda: open("/tmp/" + "a" * 256, "w").close())
+"#,
+    );
+    assert_eq!(field(&out, "n255"), Some("ok"), "{out:?}");
+    assert_eq!(field(&out, "n256"), Some("36"), "{out:?}");
+    let long = format!("/tmp/{}", "d/".repeat(2500));
+    h.rt.block_on(async {
+        assert!(client.make_dir(&long).await.is_err());
+        assert!(client.stat(&long).await.is_err());
+        client.health().await.expect("agent still healthy");
+    });
+}

@@ -1,0 +1,228 @@
+//! A seccomp deny-list compiled to classic BPF in the parent, so the launch child only has to
+//! hand the finished program to the kernel (`install`, a raw syscall, no allocation).
+//!
+//! The program: kill on a foreign architecture or the x32 ABI, answer `EPERM` for every denied
+//! syscall, `EPERM` for `clone`/`unshare` asking for a new user namespace, `ENOSYS` for `clone3`
+//! (its flags live in memory a filter cannot read, and libc falls back to `clone` on `ENOSYS`),
+//! and allow everything else.
+
+use std::collections::BTreeSet;
+
+/// What to filter.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Policy {
+    /// Syscall names answered with `EPERM` (see [`sysno`] for the names known).
+    pub deny: Vec<String>,
+    /// `clone`/`unshare` with `CLONE_NEWUSER` get `EPERM`; `clone3` gets `ENOSYS`.
+    pub deny_new_user_namespaces: bool,
+}
+
+/// Failures of [`compile`].
+#[derive(Debug, thiserror::Error)]
+pub enum SeccompError {
+    #[error("unknown syscall {0:?} in the seccomp policy")]
+    UnknownSyscall(String),
+    #[error("the seccomp program is too long ({0} instructions)")]
+    TooLong(usize),
+}
+
+/// A compiled BPF program.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Program {
+    pub(crate) code: Vec<libc::sock_filter>,
+}
+
+impl Program {
+    /// Number of BPF instructions.
+    pub fn len(&self) -> usize {
+        self.code.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.code.is_empty()
+    }
+}
+
+const AUDIT_ARCH_X86_64: u32 = 0xC000_003E;
+const X32_SYSCALL_BIT: u32 = 0x4000_0000;
+const RET_KILL_PROCESS: u32 = 0x8000_0000;
+const RET_ALLOW: u32 = 0x7fff_0000;
+const OFF_NR: u32 = 0;
+const OFF_ARCH: u32 = 4;
+const OFF_ARG0_LOW: u32 = 16;
+const BPF_LD_W_ABS: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
+const BPF_JEQ_K: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
+const BPF_JGE_K: u16 = (libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K) as u16;
+const BPF_JSET_K: u16 = (libc::BPF_JMP | libc::BPF_JSET | libc::BPF_K) as u16;
+const BPF_RET_K: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
+/// The kernel's limit (BPF_MAXINSNS).
+const MAX_INSNS: usize = 4096;
+
+fn stmt(code: u16, k: u32) -> libc::sock_filter {
+    libc::sock_filter {
+        code,
+        jt: 0,
+        jf: 0,
+        k,
+    }
+}
+
+fn jump(code: u16, k: u32, jt: u8, jf: u8) -> libc::sock_filter {
+    libc::sock_filter { code, jt, jf, k }
+}
+
+fn errno(e: i32) -> u32 {
+    libc::SECCOMP_RET_ERRNO | (e as u32 & libc::SECCOMP_RET_DATA)
+}
+
+/// Compile `policy` for x86_64.
+pub fn compile(policy: &Policy) -> Result<Program, SeccompError> {
+    let mut nrs = BTreeSet::new();
+    for name in &policy.deny {
+        nrs.insert(sysno(name).ok_or_else(|| SeccompError::UnknownSyscall(name.clone()))?);
+    }
+    let mut code = vec![
+        stmt(BPF_LD_W_ABS, OFF_ARCH),
+        jump(BPF_JEQ_K, AUDIT_ARCH_X86_64, 1, 0),
+        stmt(BPF_RET_K, RET_KILL_PROCESS),
+        stmt(BPF_LD_W_ABS, OFF_NR),
+        jump(BPF_JGE_K, X32_SYSCALL_BIT, 0, 1),
+        stmt(BPF_RET_K, RET_KILL_PROCESS),
+    ];
+    if policy.deny_new_user_namespaces {
+        code.push(jump(BPF_JEQ_K, libc::SYS_clone3 as u32, 0, 1));
+        code.push(stmt(BPF_RET_K, errno(libc::ENOSYS)));
+        for nr in [libc::SYS_clone, libc::SYS_unshare] {
+            // Not this syscall: skip the four instructions of its flag check.
+            code.push(jump(BPF_JEQ_K, nr as u32, 0, 4));
+            code.push(stmt(BPF_LD_W_ABS, OFF_ARG0_LOW));
+            code.push(jump(BPF_JSET_K, libc::CLONE_NEWUSER as u32, 0, 1));
+            code.push(stmt(BPF_RET_K, errno(libc::EPERM)));
+            code.push(stmt(BPF_RET_K, RET_ALLOW));
+        }
+    }
+    for nr in nrs {
+        code.push(jump(BPF_JEQ_K, nr, 0, 1));
+        code.push(stmt(BPF_RET_K, errno(libc::EPERM)));
+    }
+    code.push(stmt(BPF_RET_K, RET_ALLOW));
+    if code.len() > MAX_INSNS {
+        return Err(SeccompError::TooLong(code.len()));
+    }
+    Ok(Program { code })
+}
+
+/// `no_new_privs` then the filter. Raw syscalls only: safe to call in the launch child.
+///
+/// # Safety
+/// `prog` must stay alive and unchanged for the call.
+pub(crate) unsafe fn install(prog: &Program) -> i32 {
+    let fprog = libc::sock_fprog {
+        len: prog.code.len() as libc::c_ushort,
+        filter: prog.code.as_ptr() as *mut libc::sock_filter,
+    };
+    // SAFETY: raw prctl/seccomp on a program that outlives the call.
+    unsafe {
+        if libc::syscall(libc::SYS_prctl, libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+            return -1;
+        }
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            0,
+            &fprog as *const libc::sock_fprog,
+        ) as i32
+    }
+}
+
+/// The x86_64 number of a syscall the policy may name.
+pub fn sysno(name: &str) -> Option<u32> {
+    let nr = match name {
+        "acct" => libc::SYS_acct,
+        "add_key" => libc::SYS_add_key,
+        "bpf" => libc::SYS_bpf,
+        "clock_adjtime" => libc::SYS_clock_adjtime,
+        "clock_settime" => libc::SYS_clock_settime,
+        "delete_module" => libc::SYS_delete_module,
+        "finit_module" => libc::SYS_finit_module,
+        "fsconfig" => libc::SYS_fsconfig,
+        "fsmount" => libc::SYS_fsmount,
+        "fsopen" => libc::SYS_fsopen,
+        "fspick" => libc::SYS_fspick,
+        "get_mempolicy" => libc::SYS_get_mempolicy,
+        "init_module" => libc::SYS_init_module,
+        "ioperm" => libc::SYS_ioperm,
+        "iopl" => libc::SYS_iopl,
+        "kcmp" => libc::SYS_kcmp,
+        "kexec_file_load" => libc::SYS_kexec_file_load,
+        "kexec_load" => libc::SYS_kexec_load,
+        "keyctl" => libc::SYS_keyctl,
+        "lookup_dcookie" => libc::SYS_lookup_dcookie,
+        "mbind" => libc::SYS_mbind,
+        "mount" => libc::SYS_mount,
+        "mount_setattr" => libc::SYS_mount_setattr,
+        "move_mount" => libc::SYS_move_mount,
+        "move_pages" => libc::SYS_move_pages,
+        "name_to_handle_at" => libc::SYS_name_to_handle_at,
+        "nfsservctl" => libc::SYS_nfsservctl,
+        "open_by_handle_at" => libc::SYS_open_by_handle_at,
+        "open_tree" => libc::SYS_open_tree,
+        "perf_event_open" => libc::SYS_perf_event_open,
+        "personality" => libc::SYS_personality,
+        "pivot_root" => libc::SYS_pivot_root,
+        "process_vm_readv" => libc::SYS_process_vm_readv,
+        "process_vm_writev" => libc::SYS_process_vm_writev,
+        "ptrace" => libc::SYS_ptrace,
+        "quotactl" => libc::SYS_quotactl,
+        "reboot" => libc::SYS_reboot,
+        "request_key" => libc::SYS_request_key,
+        "set_mempolicy" => libc::SYS_set_mempolicy,
+        "setns" => libc::SYS_setns,
+        "settimeofday" => libc::SYS_settimeofday,
+        "swapoff" => libc::SYS_swapoff,
+        "swapon" => libc::SYS_swapon,
+        "sysfs" => libc::SYS_sysfs,
+        "_sysctl" => libc::SYS__sysctl,
+        "umount2" => libc::SYS_umount2,
+        "uselib" => libc::SYS_uselib,
+        "userfaultfd" => libc::SYS_userfaultfd,
+        "ustat" => libc::SYS_ustat,
+        "vhangup" => libc::SYS_vhangup,
+        "adjtimex" => libc::SYS_adjtimex,
+        "syslog" => libc::SYS_syslog,
+        _ => return None,
+    };
+    Some(nr as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_names_are_refused() {
+        let err = compile(&Policy {
+            deny: vec!["no_such_call".into()],
+            deny_new_user_namespaces: false,
+        })
+        .unwrap_err();
+        assert!(matches!(err, SeccompError::UnknownSyscall(n) if n == "no_such_call"));
+    }
+
+    #[test]
+    fn every_denied_call_gets_a_compare_and_a_return() {
+        let p = compile(&Policy {
+            deny: vec!["bpf".into(), "keyctl".into(), "bpf".into()],
+            deny_new_user_namespaces: true,
+        })
+        .unwrap();
+        // header 6 + clone3 2 + clone/unshare 2*5 + 2 calls * 2 + allow 1
+        assert_eq!(p.len(), 6 + 2 + 10 + 4 + 1);
+        assert_eq!(p.code.last().unwrap().k, RET_ALLOW);
+        let bpf = p
+            .code
+            .iter()
+            .position(|i| i.code == BPF_JEQ_K && i.k == libc::SYS_bpf as u32)
+            .unwrap();
+        assert_eq!(p.code[bpf + 1].k, errno(libc::EPERM));
+    }
+}
