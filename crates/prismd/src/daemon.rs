@@ -138,6 +138,7 @@ pub async fn run(cfg: Config, runtime: Arc<dyn Runtime>) -> Result<(), DaemonErr
         ..ManagerConfig::new(sd.clone())
     };
     let manager = SandboxManager::new(Arc::new(store), runtime, Arc::new(ProtoAgents), mcfg)?;
+    manager.set_resolver(Arc::new(crate::resolver::ImageResolver::new(sd)));
     let listener = TcpListener::bind(cfg.listen)
         .await
         .map_err(|source| DaemonError::Listen {

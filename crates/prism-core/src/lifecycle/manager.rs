@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use futures_util::StreamExt;
@@ -15,9 +15,10 @@ use tokio::sync::OwnedMutexGuard;
 
 use super::agent::{Agent, AgentConnector, ProcEvent, ProcSpec, ProcStream};
 use super::logs::LogHub;
+use super::source::{self, IMAGE_PREFIX, RootfsResolver, Source};
 use super::state::{Action, Plan, plan};
 use super::{LifecycleError, expiry, now_ms, rfc3339, templates, validate};
-use crate::{Limits, Runtime, SandboxHandle, SandboxSpec};
+use crate::{Limits, RootfsSpec, Runtime, SandboxHandle, SandboxSpec};
 
 /// Tag of every sandbox's main process in its agent.
 pub(crate) const MAIN_TAG: &str = "main";
@@ -62,6 +63,7 @@ pub(crate) struct Inner {
     pub runtime: Arc<dyn Runtime>,
     pub agents: Arc<dyn AgentConnector>,
     pub cfg: ManagerConfig,
+    resolver: OnceLock<Arc<dyn RootfsResolver>>,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     pub live: Mutex<HashMap<String, Live>>,
     logs: Mutex<HashMap<String, Arc<LogHub>>>,
@@ -126,11 +128,45 @@ impl SandboxManager {
                 runtime,
                 agents,
                 cfg,
+                resolver: OnceLock::new(),
                 locks: Mutex::new(HashMap::new()),
                 live: Mutex::new(HashMap::new()),
                 logs: Mutex::new(HashMap::new()),
             }),
         })
+    }
+
+    /// Start sandboxes from images through `resolver` (set once, before serving requests).
+    pub fn set_resolver(&self, resolver: Arc<dyn RootfsResolver>) {
+        if self.inner.resolver.set(resolver).is_err() {
+            tracing::warn!(message = "a rootfs resolver was already set; keeping the first");
+        }
+    }
+
+    fn resolver(&self) -> Result<&Arc<dyn RootfsResolver>, LifecycleError> {
+        self.inner.resolver.get().ok_or(LifecycleError::NoImages)
+    }
+
+    /// The root filesystem of a record's `template` (a built-in template or a pinned source).
+    fn rootfs_of(&self, template: &str) -> Result<RootfsSpec, LifecycleError> {
+        if template.starts_with(IMAGE_PREFIX) {
+            Ok(self.resolver()?.rootfs(template)?)
+        } else {
+            templates::rootfs(template, &self.inner.cfg.state_dir)
+        }
+    }
+
+    /// Pinned sources (`template` keys) of every sandbox that is not destroyed: what image
+    /// garbage collection must keep.
+    pub async fn sources_in_use(
+        &self,
+    ) -> Result<std::collections::BTreeSet<String>, LifecycleError> {
+        let recs = self.store(|s| s.list(&ListFilter::default())).await?;
+        Ok(recs
+            .into_iter()
+            .filter(|r| r.state != SandboxState::Destroyed && r.template.starts_with(IMAGE_PREFIX))
+            .map(|r| r.template)
+            .collect())
     }
 
     pub fn config(&self) -> &ManagerConfig {
@@ -277,9 +313,17 @@ impl SandboxManager {
     /// runtime is asked for anything, so a crash at any point leaves something to clean.
     pub async fn create(&self, req: CreateSandboxRequest) -> Result<Sandbox, LifecycleError> {
         let cfg = &self.inner.cfg;
-        let spec = validate::create(req, cfg.default_timeout_s, cfg.max_lifetime_s)?;
-        let template = spec.template.clone().unwrap_or_default();
-        templates::rootfs(&template, &cfg.state_dir)?;
+        let mut spec = validate::create(req, cfg.default_timeout_s, cfg.max_lifetime_s)?;
+        let template = match spec.image.clone() {
+            Some(image) => {
+                let resolved = self.resolver()?.resolve(Source::Image(image)).await?;
+                source::apply_defaults(&mut spec, resolved.defaults);
+                spec.image = Some(resolved.reference);
+                resolved.pinned
+            }
+            None => spec.template.clone().unwrap_or_default(),
+        };
+        self.rootfs_of(&template)?;
         let now = now_ms();
         let id = uuid::Uuid::now_v7().simple().to_string();
         let rec = SandboxRecord {
@@ -327,7 +371,7 @@ impl SandboxManager {
                 .name
                 .clone()
                 .unwrap_or_else(|| rec.id.chars().take(12).collect()),
-            rootfs: templates::rootfs(&rec.template, &cfg.state_dir)?,
+            rootfs: self.rootfs_of(&rec.template)?,
             limits: Limits {
                 cpus: rec.spec.resources.cpus,
                 memory_bytes: rec.spec.resources.memory_mb.map(|m| m << 20),
@@ -383,6 +427,8 @@ impl SandboxManager {
             let proc_spec = ProcSpec {
                 argv: cmd,
                 env: rec.spec.env.clone(),
+                cwd: rec.spec.cwd.clone(),
+                user: rec.spec.user.clone(),
                 tag: Some(MAIN_TAG.into()),
                 ..ProcSpec::default()
             };

@@ -16,6 +16,7 @@ mod manager;
 mod manager_tests;
 pub mod proto_agent;
 mod recover;
+pub mod source;
 pub mod state;
 pub mod templates;
 pub mod validate;
@@ -27,6 +28,7 @@ pub use exec::{ExecSession, FileContent, ProcEvents};
 pub use janitor::SweepReport;
 pub use manager::{ManagerConfig, SandboxManager};
 pub use proto_agent::ProtoAgents;
+pub use source::{ResolveError, ResolveErrorKind, Resolved, RootfsResolver, Source};
 pub use state::{Action, InvalidState, Plan};
 
 use crate::RuntimeError;
@@ -42,6 +44,10 @@ pub enum LifecycleError {
     InvalidRequest(String),
     #[error("unknown template {0:?} (available: base)")]
     TemplateNotFound(String),
+    #[error(transparent)]
+    Resolve(#[from] source::ResolveError),
+    #[error("this daemon cannot start sandboxes from images (no image store configured)")]
+    NoImages,
     #[error(transparent)]
     InvalidState(#[from] InvalidState),
     #[error("the runtime could not {op} the sandbox")]
