@@ -375,7 +375,6 @@ impl Client {
             .await
     }
 
-    /// `true` when the error is an HTTP 404 from the API.
     // ---- images ----
 
     /// Pull an image into the daemon's store (returns when it is unpacked).
@@ -428,6 +427,7 @@ impl Client {
         .await
     }
 
+    /// `true` when the error is an HTTP 404 from the API.
     pub fn is_not_found(e: &ClientError) -> bool {
         e.status() == Some(StatusCode::NOT_FOUND.as_u16())
     }

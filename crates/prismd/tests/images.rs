@@ -199,5 +199,8 @@ async fn sandboxes_from_registry_images() {
     assert_eq!((code, stdout.as_str()), (Some(0), "new\nhi\n"), "{stderr}");
     let (code, _, stderr) = ctl(&["run", "--image", "127.0.0.1:1/x:1", "--", "true"]);
     assert_ne!(code, Some(0));
-    assert!(stderr.contains("unreachable") && stderr.contains("424"), "{stderr}");
+    assert!(
+        stderr.contains("unreachable") && stderr.contains("424"),
+        "{stderr}"
+    );
 }
