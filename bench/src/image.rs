@@ -27,6 +27,8 @@ fn busybox_layer() -> Result<Vec<u8>> {
         h.set_entry_type(kind);
         h.set_size(data.len() as u64);
         h.set_mode(0o755);
+        h.set_uid(0);
+        h.set_gid(0);
         h.set_mtime(1_700_000_000);
         if let Some(l) = link {
             h.set_link_name(l)?;

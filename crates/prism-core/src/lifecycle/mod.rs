@@ -17,6 +17,8 @@ mod manager_tests;
 pub mod proto_agent;
 mod recover;
 pub mod source;
+#[cfg(test)]
+mod source_tests;
 pub mod state;
 pub mod templates;
 pub mod validate;
