@@ -96,3 +96,65 @@ impl ImageStore {
         Ok(dropped)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::manifest::{Compression, RunConfig};
+    use crate::store::LayerRecord;
+
+    fn record(store: &ImageStore, name: &str) -> ImageRecord {
+        let layer = Digest::of(name.as_bytes());
+        fs::create_dir_all(store.layer_dir(&layer).join("bin")).unwrap();
+        ImageRecord {
+            reference: format!("127.0.0.1:5000/{name}:1"),
+            manifest_digest: Digest::of(format!("m-{name}").as_bytes()),
+            config_digest: Digest::of(format!("c-{name}").as_bytes()),
+            config: RunConfig::default(),
+            layers: vec![LayerRecord {
+                digest: layer,
+                compression: Compression::Gzip,
+                size: 1,
+            }],
+            created: 0,
+        }
+    }
+
+    fn age(store: &ImageStore, rec: &ImageRecord) {
+        let old = std::time::SystemTime::now() - PIN_GRACE - std::time::Duration::from_secs(5);
+        File::options()
+            .write(true)
+            .open(store.pin_path(&rec.manifest_digest))
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+    }
+
+    #[test]
+    fn pins_keep_layers_until_unused_and_old() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ImageStore::open(dir.path()).unwrap();
+        let (a, b) = (record(&store, "a"), record(&store, "b"));
+        let pinned = store.pin(&a).unwrap();
+        assert_eq!(pinned, format!("127.0.0.1:5000/a@{}", a.manifest_digest));
+        store.pin(&b).unwrap();
+        assert_eq!(
+            store.pinned(&a.manifest_digest).unwrap().map(|r| r.layers),
+            Some(a.layers.clone())
+        );
+        // No image record references either layer; the pins keep both.
+        assert_eq!(store.gc().unwrap().layers, 0);
+        // Unused but fresh pins survive (a create may be in flight).
+        assert_eq!(store.prune_pins(&BTreeSet::new()).unwrap(), 0);
+        age(&store, &a);
+        age(&store, &b);
+        let in_use = BTreeSet::from([a.manifest_digest.clone()]);
+        assert_eq!(store.prune_pins(&in_use).unwrap(), 1);
+        assert!(store.pinned(&b.manifest_digest).unwrap().is_none());
+        assert_eq!(store.gc().unwrap().layers, 1);
+        assert!(store.has_layer(&a.layers[0].digest));
+        assert!(!store.has_layer(&b.layers[0].digest));
+    }
+}

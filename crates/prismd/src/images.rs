@@ -256,6 +256,18 @@ mod tests {
         let (s, b) = call(app.clone(), "DELETE", "/v1/images/127.0.0.1:1/x/y:1", "").await;
         assert_eq!(s, StatusCode::NOT_FOUND, "{b}");
         assert!(b.contains(img::IMAGE_NOT_FOUND), "{b}");
+        // Import: an empty body and a body that is no image archive are 422s.
+        let (s, b) = call(app.clone(), "POST", "/v1/images/import", "").await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
+        let (s, b) = call(
+            app.clone(),
+            "POST",
+            "/v1/images/import?reference=x/y:1",
+            "not a tar",
+        )
+        .await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
+        assert!(b.contains(img::BAD_IMAGE), "{b}");
         // Port 1 on loopback: nothing listens.
         let (s, b) = call(
             app,

@@ -15,10 +15,10 @@ use tokio::sync::OwnedMutexGuard;
 
 use super::agent::{Agent, AgentConnector, ProcEvent, ProcSpec, ProcStream};
 use super::logs::LogHub;
-use super::source::{self, IMAGE_PREFIX, RootfsResolver, Source};
+use super::source::{self, RootfsResolver, Source};
 use super::state::{Action, Plan, plan};
 use super::{LifecycleError, expiry, now_ms, rfc3339, templates, validate};
-use crate::{Limits, RootfsSpec, Runtime, SandboxHandle, SandboxSpec};
+use crate::{Limits, Runtime, SandboxHandle, SandboxSpec};
 
 /// Tag of every sandbox's main process in its agent.
 pub(crate) const MAIN_TAG: &str = "main";
@@ -63,7 +63,7 @@ pub(crate) struct Inner {
     pub runtime: Arc<dyn Runtime>,
     pub agents: Arc<dyn AgentConnector>,
     pub cfg: ManagerConfig,
-    resolver: OnceLock<Arc<dyn RootfsResolver>>,
+    pub(crate) resolver: OnceLock<Arc<dyn RootfsResolver>>,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     pub live: Mutex<HashMap<String, Live>>,
     logs: Mutex<HashMap<String, Arc<LogHub>>>,
@@ -134,39 +134,6 @@ impl SandboxManager {
                 logs: Mutex::new(HashMap::new()),
             }),
         })
-    }
-
-    /// Start sandboxes from images through `resolver` (set once, before serving requests).
-    pub fn set_resolver(&self, resolver: Arc<dyn RootfsResolver>) {
-        if self.inner.resolver.set(resolver).is_err() {
-            tracing::warn!(message = "a rootfs resolver was already set; keeping the first");
-        }
-    }
-
-    fn resolver(&self) -> Result<&Arc<dyn RootfsResolver>, LifecycleError> {
-        self.inner.resolver.get().ok_or(LifecycleError::NoImages)
-    }
-
-    /// The root filesystem of a record's `template` (a built-in template or a pinned source).
-    fn rootfs_of(&self, template: &str) -> Result<RootfsSpec, LifecycleError> {
-        if template.starts_with(IMAGE_PREFIX) {
-            Ok(self.resolver()?.rootfs(template)?)
-        } else {
-            templates::rootfs(template, &self.inner.cfg.state_dir)
-        }
-    }
-
-    /// Pinned sources (`template` keys) of every sandbox that is not destroyed: what image
-    /// garbage collection must keep.
-    pub async fn sources_in_use(
-        &self,
-    ) -> Result<std::collections::BTreeSet<String>, LifecycleError> {
-        let recs = self.store(|s| s.list(&ListFilter::default())).await?;
-        Ok(recs
-            .into_iter()
-            .filter(|r| r.state != SandboxState::Destroyed && r.template.starts_with(IMAGE_PREFIX))
-            .map(|r| r.template)
-            .collect())
     }
 
     pub fn config(&self) -> &ManagerConfig {

@@ -7,10 +7,15 @@
 //! image's manifest digest); the key is what the sandbox record keeps in `template`, so every
 //! later start of the sandbox gets the same filesystem even if the tag moved since.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 
+use prism_store::ListFilter;
+use prism_types::SandboxState;
+
+use super::{LifecycleError, SandboxManager, templates};
 use crate::RootfsSpec;
 
 /// Prefix of the pinned key of an image source in a sandbox record's `template`.
@@ -85,6 +90,39 @@ pub trait RootfsResolver: Send + Sync + 'static {
     fn resolve(&self, source: Source) -> BoxFuture<'_, Result<Resolved, ResolveError>>;
     /// The root filesystem of a pinned key (no network; called at every start).
     fn rootfs(&self, pinned: &str) -> Result<RootfsSpec, ResolveError>;
+}
+
+impl SandboxManager {
+    /// Start sandboxes from images through `resolver` (set once, before serving requests).
+    pub fn set_resolver(&self, resolver: Arc<dyn RootfsResolver>) {
+        if self.inner.resolver.set(resolver).is_err() {
+            tracing::warn!(message = "a rootfs resolver was already set; keeping the first");
+        }
+    }
+
+    pub(crate) fn resolver(&self) -> Result<&Arc<dyn RootfsResolver>, LifecycleError> {
+        self.inner.resolver.get().ok_or(LifecycleError::NoImages)
+    }
+
+    /// The root filesystem of a record's `template` (a built-in template or a pinned source).
+    pub(crate) fn rootfs_of(&self, template: &str) -> Result<RootfsSpec, LifecycleError> {
+        if template.starts_with(IMAGE_PREFIX) {
+            Ok(self.resolver()?.rootfs(template)?)
+        } else {
+            templates::rootfs(template, &self.inner.cfg.state_dir)
+        }
+    }
+
+    /// Pinned sources (`template` keys) of every sandbox that is not destroyed: what image
+    /// garbage collection must keep.
+    pub async fn sources_in_use(&self) -> Result<BTreeSet<String>, LifecycleError> {
+        let recs = self.store(|s| s.list(&ListFilter::default())).await?;
+        Ok(recs
+            .into_iter()
+            .filter(|r| r.state != SandboxState::Destroyed && r.template.starts_with(IMAGE_PREFIX))
+            .map(|r| r.template)
+            .collect())
+    }
 }
 
 /// Apply image defaults to a create request: the image's env under the request's, its command
