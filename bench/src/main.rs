@@ -6,6 +6,7 @@
 //! fork+exec on the host as the floor. Prints medians, p95 and ratios; never asserts a time.
 
 mod api;
+mod image;
 mod peers;
 mod prism;
 mod stats;
@@ -24,9 +25,10 @@ struct Args {
     /// Unmeasured iterations first.
     #[arg(long, default_value_t = 3)]
     warmup: usize,
-    /// Comma-separated subset of: fork,prism,api,pooled,bwrap,crun (`api` and `pooled` go
-    /// through a real prismd, `pooled` with a warm pool of `base`).
-    #[arg(long, default_value = "fork,prism,api,pooled,bwrap,crun")]
+    /// Comma-separated subset of: fork,prism,image,api,pooled,bwrap,crun (`api` and `pooled` go
+    /// through a real prismd, `pooled` with a warm pool of `base`; `image` is `prism` over an
+    /// OCI image's layers instead of the `base` template).
+    #[arg(long, default_value = "fork,prism,image,api,pooled,bwrap,crun")]
     only: String,
     /// The static agent (default: target/x86_64-unknown-linux-musl/release, then debug).
     #[arg(long, env = "PRISM_AGENT")]
@@ -72,6 +74,21 @@ fn main() -> Result<()> {
                 )?;
                 for (name, samples) in parts {
                     rows.push(stats::Row::new(&format!("  prism: {name}"), samples));
+                }
+                Some(Ok(total))
+            }
+            "image" => {
+                let agent = prism::agent_path(args.agent.clone())?;
+                let image_rootfs = image::rootfs(state.path())?;
+                let (total, parts) = prism::create_exec_destroy(
+                    state.path(),
+                    &agent,
+                    &image_rootfs,
+                    args.warmup,
+                    args.iterations,
+                )?;
+                for (name, samples) in parts {
+                    rows.push(stats::Row::new(&format!("  image: {name}"), samples));
                 }
                 Some(Ok(total))
             }

@@ -397,6 +397,58 @@ impl Client {
             .await
     }
 
+    // ---- images ----
+
+    /// Pull an image into the daemon's store (returns when it is unpacked).
+    pub async fn pull_image(
+        &self,
+        req: &prism_types::images::PullImageRequest,
+    ) -> Result<prism_types::images::PullImageResult> {
+        self.json(
+            self.req(Method::POST, self.url(&["v1", "images", "pull"]))
+                .json(req),
+        )
+        .await
+    }
+
+    pub async fn list_images(&self) -> Result<prism_types::images::ImageList> {
+        self.json(self.req(Method::GET, self.url(&["v1", "images"])))
+            .await
+    }
+
+    /// Forget an image (its layers go with the next prune, unless a sandbox uses them).
+    pub async fn remove_image(&self, reference: &str) -> Result<()> {
+        let mut u = self.url(&["v1", "images"]);
+        u.set_path(&format!("{}/{}", u.path().trim_end_matches('/'), reference));
+        self.send(self.req(Method::DELETE, u)).await?;
+        Ok(())
+    }
+
+    /// Remove layers and blobs no image, template or live sandbox uses.
+    pub async fn prune_images(&self) -> Result<prism_types::images::PruneImagesResult> {
+        self.json(self.req(Method::POST, self.url(&["v1", "images", "prune"])))
+            .await
+    }
+
+    /// Import a `docker save` tarball or a tar of an OCI layout (as `reference`, or the
+    /// archive's own tag).
+    pub async fn import_image(
+        &self,
+        archive: impl Into<Bytes>,
+        reference: Option<&str>,
+    ) -> Result<prism_types::images::PullImageResult> {
+        let mut u = self.url(&["v1", "images", "import"]);
+        if let Some(r) = reference {
+            u.query_pairs_mut().append_pair("reference", r);
+        }
+        self.json(
+            self.req(Method::POST, u)
+                .header("content-type", "application/x-tar")
+                .body(archive.into()),
+        )
+        .await
+    }
+
     /// `true` when the error is an HTTP 404 from the API.
     pub fn is_not_found(e: &ClientError) -> bool {
         e.status() == Some(StatusCode::NOT_FOUND.as_u16())

@@ -16,6 +16,7 @@
 pub mod digest;
 pub mod import;
 pub mod manifest;
+pub mod pins;
 pub mod pull;
 pub mod reference;
 pub mod registry;

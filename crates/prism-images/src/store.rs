@@ -102,7 +102,7 @@ impl ImageStore {
     /// Open (creating it, mode 0700) the store under `<state_dir>/images`.
     pub fn open(state_dir: &Path) -> Result<Self, StoreError> {
         let root = state_dir.join("images");
-        for d in ["", "blobs/sha256", "layers", "records", "tmp"] {
+        for d in ["", "blobs/sha256", "layers", "records", "pins", "tmp"] {
             let p = root.join(d);
             fs::DirBuilder::new()
                 .recursive(true)
@@ -338,12 +338,12 @@ impl ImageStore {
         }
     }
 
-    /// Remove layers and blobs no image references, and leftovers in `tmp/`.
+    /// Remove layers and blobs no image or pin references, and leftovers in `tmp/`.
     /// Callers must not run it while a sandbox uses a layer of a removed image.
     pub fn gc(&self) -> Result<GcStats, StoreError> {
         let _lock = self.lock(true)?;
         let mut keep = std::collections::HashSet::new();
-        for rec in self.list()? {
+        for rec in self.list()?.into_iter().chain(self.pins()?) {
             keep.insert(rec.manifest_digest.hex().to_string());
             keep.insert(rec.config_digest.hex().to_string());
             keep.extend(rec.layers.iter().map(|l| l.digest.hex().to_string()));

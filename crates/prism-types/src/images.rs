@@ -63,3 +63,12 @@ pub struct PullImageResult {
 pub struct ImageList {
     pub images: Vec<Image>,
 }
+
+/// The answer to `POST /v1/images/prune`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PruneImagesResult {
+    /// Unpacked layers removed.
+    pub layers: u64,
+    /// Blobs (compressed layers, manifests, configs) removed.
+    pub blobs: u64,
+}

@@ -107,9 +107,21 @@ pub struct CreateSandboxRequest {
     /// Template to start from (default `base`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template: Option<String>,
+    /// OCI image to start from instead of a template (`registry/repo:tag` or `repo@sha256:…`);
+    /// pulled if this node does not have it. The image's Env, Cmd, WorkingDir and User are the
+    /// defaults of `env`, `cmd`, `cwd` and `user`. The sandbox keeps the pinned digest
+    /// (`repo@sha256:…`) here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
     /// The sandbox's main process (argv). Its stdout and stderr are the sandbox's log.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cmd: Option<Vec<String>>,
+    /// Working directory of the main process and default of every exec (default `/`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+    /// User (`name`, `uid` or `uid:gid`) of the main process and default of every exec.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
     /// Environment of the main process and default environment of every exec.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,

@@ -97,6 +97,9 @@ pub enum Cmd {
         #[arg(long)]
         limit: Option<usize>,
     },
+    /// Manage OCI images: pull, ls, rm, prune, import.
+    #[command(subcommand)]
+    Image(ImageCmd),
     /// Print a shell completion script.
     Completions { shell: clap_complete::Shell },
 }
@@ -115,8 +118,17 @@ pub struct RunArgs {
     /// Run the command as the sandbox's main process and return at once (see `logs`).
     #[arg(short, long)]
     pub detach: bool,
-    #[arg(long)]
+    #[arg(long, conflicts_with = "image")]
     pub template: Option<String>,
+    /// Start from this OCI image (pulled if the daemon lacks it), e.g. `python:3.12-slim`.
+    #[arg(long)]
+    pub image: Option<String>,
+    /// Default working directory of the sandbox's processes (default: the image's).
+    #[arg(short, long)]
+    pub workdir: Option<String>,
+    /// Default user of the sandbox's processes (default: the image's, else root).
+    #[arg(short, long)]
+    pub user: Option<String>,
     #[arg(long)]
     pub name: Option<String>,
     /// CPU cores (0.5 = half a core).
@@ -204,4 +216,34 @@ pub struct CodeArgs {
     /// Seconds before the run is interrupted.
     #[arg(long)]
     pub timeout: Option<u64>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCmd {
+    /// Pull an image from a registry (anonymous unless --username is given).
+    Pull {
+        reference: String,
+        #[arg(long)]
+        username: Option<String>,
+        /// Password or token (or PRISM_REGISTRY_PASSWORD).
+        #[arg(long, env = "PRISM_REGISTRY_PASSWORD", hide_env_values = true)]
+        password: Option<String>,
+    },
+    /// List images.
+    Ls {
+        /// Only print references.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Remove images (their layers stay while a sandbox uses them; `prune` frees the rest).
+    Rm { references: Vec<String> },
+    /// Remove layers and blobs no image and no live sandbox uses.
+    Prune,
+    /// Import a `docker save` tarball or an OCI image layout directory (air-gapped hosts).
+    Import {
+        path: std::path::PathBuf,
+        /// Store it under this reference (default: the archive's own tag).
+        #[arg(long = "as", value_name = "REFERENCE")]
+        reference: Option<String>,
+    },
 }

@@ -15,6 +15,7 @@ mod attach;
 mod cli;
 mod code;
 mod cp;
+mod image;
 mod keys;
 mod port;
 
@@ -23,7 +24,7 @@ use cli::{Cli, Cmd, RunArgs};
 /// Exit code of prismctl's own failures in `run` and `exec` (as Docker).
 const EXIT_CLI_ERROR: u8 = 125;
 
-fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
+pub(crate) fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     serde_json::to_writer_pretty(&mut out, v)?;
     writeln!(out)?;
@@ -40,7 +41,7 @@ pub(crate) fn parse_kv(items: &[String], what: &str) -> anyhow::Result<BTreeMap<
         .collect()
 }
 
-fn spinner(json: bool, msg: &str) -> indicatif::ProgressBar {
+pub(crate) fn spinner(json: bool, msg: &str) -> indicatif::ProgressBar {
     if json {
         return indicatif::ProgressBar::hidden();
     }
@@ -72,7 +73,10 @@ fn create_request(a: &RunArgs, cmd: Option<Vec<String>>) -> anyhow::Result<Creat
     Ok(CreateSandboxRequest {
         name: a.name.clone(),
         template: a.template.clone(),
+        image: a.image.clone(),
         cmd,
+        cwd: a.workdir.clone(),
+        user: a.user.clone(),
         env: parse_kv(&a.env, "environment variable")?,
         labels: parse_kv(&a.labels, "label")?,
         resources: Resources {
@@ -94,7 +98,11 @@ fn create_request(a: &RunArgs, cmd: Option<Vec<String>>) -> anyhow::Result<Creat
 async fn run(client: &Client, json: bool, a: RunArgs) -> anyhow::Result<u8> {
     let attached = !a.cmd.is_empty() && !a.detach;
     let main_cmd = (!a.cmd.is_empty() && a.detach).then(|| a.cmd.clone());
-    let pb = spinner(json || attached, "creating sandbox…");
+    let msg = match &a.image {
+        Some(i) => format!("creating sandbox from {i} (pulling it if needed)…"),
+        None => "creating sandbox…".to_string(),
+    };
+    let pb = spinner(json, &msg);
     let sb = client.create(&create_request(&a, main_cmd)?).await;
     pb.finish_and_clear();
     let sb = sb?;
@@ -317,6 +325,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             }
             Ok(0)
         }
+        Cmd::Image(c) => image::run(&client, json, c).await,
         Cmd::Completions { .. } => Ok(0),
     }
 }

@@ -151,6 +151,7 @@ pub async fn run(cfg: Config, runtime: Arc<dyn Runtime>) -> Result<(), DaemonErr
     };
     let manager = SandboxManager::new(store, runtime, Arc::new(ProtoAgents), mcfg)?;
     manager.set_secret_env(Arc::new(crate::auth::secrets::Provider(secrets)));
+    manager.set_resolver(Arc::new(crate::resolver::ImageResolver::new(sd)));
     let listener = TcpListener::bind(cfg.listen)
         .await
         .map_err(|source| DaemonError::Listen {

@@ -4,7 +4,7 @@ use axum::Json;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use prism_core::lifecycle::{AgentError, LifecycleError};
+use prism_core::lifecycle::{AgentError, LifecycleError, ResolveError, ResolveErrorKind as K};
 use prism_store::StoreError;
 use prism_types::{ApiError, codes};
 
@@ -113,6 +113,20 @@ fn agent_error(e: &AgentError) -> AppError {
     }
 }
 
+/// Create from an image that could not be resolved: always 4xx except local failures.
+fn resolve_error(e: &ResolveError) -> AppError {
+    use prism_types::images::codes as img;
+    let (status, code) = match e.kind {
+        K::BadReference => (StatusCode::UNPROCESSABLE_ENTITY, codes::INVALID_REQUEST),
+        K::NotFound => (StatusCode::NOT_FOUND, img::IMAGE_NOT_FOUND),
+        K::Auth => (StatusCode::UNPROCESSABLE_ENTITY, img::REGISTRY_AUTH),
+        K::Unreachable => (StatusCode::FAILED_DEPENDENCY, img::REGISTRY_UNREACHABLE),
+        K::BadImage => (StatusCode::UNPROCESSABLE_ENTITY, img::BAD_IMAGE),
+        K::Internal => (StatusCode::INTERNAL_SERVER_ERROR, codes::INTERNAL),
+    };
+    AppError::new(status, code, e.message.clone())
+}
+
 impl From<LifecycleError> for AppError {
     fn from(e: LifecycleError) -> Self {
         use LifecycleError as L;
@@ -129,6 +143,12 @@ impl From<LifecycleError> for AppError {
             L::TemplateNotFound(_) => AppError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 codes::TEMPLATE_NOT_FOUND,
+                e.to_string(),
+            ),
+            L::Resolve(r) => resolve_error(r),
+            L::NoImages => AppError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                codes::INVALID_REQUEST,
                 e.to_string(),
             ),
             L::InvalidState(_) => {

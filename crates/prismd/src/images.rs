@@ -1,15 +1,18 @@
 //! The `/v1/images` routes: pull from a registry, list, remove, prune. Thin handlers over
 //! `prism_images`; the store lives under `<state>/images`.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
+use prism_core::lifecycle::SandboxManager;
+use prism_core::lifecycle::source::IMAGE_PREFIX;
 use prism_images::registry::RegistryError;
 use prism_images::store::StoreError;
-use prism_images::{Credentials, ImageRecord, ImageStore, PullError, RegistryClient};
+use prism_images::{Credentials, Digest, ImageRecord, ImageStore, PullError, RegistryClient};
 use prism_types::images::{Image, ImageList, PullImageRequest, PullImageResult, codes as img};
 use prism_types::{ApiError, codes};
 use serde::Serialize;
@@ -23,25 +26,38 @@ type ApiResult<T> = Result<T, AppError>;
 #[derive(Clone)]
 pub struct ImagesState {
     state_dir: PathBuf,
+    /// Sandboxes whose images prune must keep (none in unit tests of the routes alone).
+    manager: Option<SandboxManager>,
 }
 
 /// The images routes, over the store in `state_dir`.
-pub fn router(state_dir: &Path) -> Router {
+pub fn router(state_dir: &Path, manager: Option<SandboxManager>) -> Router {
     Router::new()
         .route("/v1/images", get(list))
         .route("/v1/images/pull", post(pull))
         .route("/v1/images/prune", post(prune))
+        .route(
+            "/v1/images/import",
+            post(crate::images_import::import).layer(axum::extract::DefaultBodyLimit::disable()),
+        )
         .route("/v1/images/{*reference}", delete(remove))
         .with_state(ImagesState {
             state_dir: state_dir.to_path_buf(),
+            manager,
         })
+}
+
+impl ImagesState {
+    pub(crate) fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
 }
 
 fn store(st: &ImagesState) -> ApiResult<ImageStore> {
     ImageStore::open(&st.state_dir).map_err(store_error)
 }
 
-fn store_error(e: StoreError) -> AppError {
+pub(crate) fn store_error(e: StoreError) -> AppError {
     match &e {
         StoreError::Unpack { .. }
         | StoreError::DigestMismatch { .. }
@@ -59,7 +75,7 @@ fn store_error(e: StoreError) -> AppError {
     }
 }
 
-fn pull_error(e: PullError) -> AppError {
+pub(crate) fn pull_error(e: PullError) -> AppError {
     let msg = chain(&e);
     let (status, code) = match e {
         PullError::Reference(_) => (StatusCode::UNPROCESSABLE_ENTITY, codes::INVALID_REQUEST),
@@ -86,7 +102,7 @@ fn pull_error(e: PullError) -> AppError {
     AppError::new(status, code, msg)
 }
 
-fn image(r: &ImageRecord) -> Image {
+pub(crate) fn image(r: &ImageRecord) -> Image {
     let c = &r.config;
     Image {
         reference: r.reference.clone(),
@@ -177,10 +193,23 @@ pub struct PruneResult {
     responses((status = 200, description = "Unreferenced layers and blobs removed", body = PruneResult)))]
 pub async fn prune(State(st): State<ImagesState>) -> ApiResult<Json<PruneResult>> {
     let store = store(&st)?;
-    let gc = tokio::task::spawn_blocking(move || store.gc())
-        .await
-        .map_err(|_| store_error(StoreError::Join))?
-        .map_err(store_error)?;
+    let in_use: BTreeSet<Digest> = match &st.manager {
+        Some(m) => m
+            .sources_in_use()
+            .await?
+            .iter()
+            .filter_map(|k| k.strip_prefix(IMAGE_PREFIX))
+            .filter_map(|r| prism_images::Reference::parse(r).ok()?.digest)
+            .collect(),
+        None => BTreeSet::new(),
+    };
+    let gc = tokio::task::spawn_blocking(move || {
+        store.prune_pins(&in_use)?;
+        store.gc()
+    })
+    .await
+    .map_err(|_| store_error(StoreError::Join))?
+    .map_err(store_error)?;
     Ok(Json(PruneResult {
         layers: gc.layers as u64,
         blobs: gc.blobs as u64,
@@ -213,7 +242,7 @@ mod tests {
     #[tokio::test]
     async fn empty_list_bad_reference_unknown_image_and_dead_registry() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let app = router(dir.path());
+        let app = router(dir.path(), None);
         let (s, b) = call(app.clone(), "GET", "/v1/images", "").await;
         assert_eq!((s, b.as_str()), (StatusCode::OK, r#"{"images":[]}"#));
         let (s, b) = call(
@@ -227,6 +256,18 @@ mod tests {
         let (s, b) = call(app.clone(), "DELETE", "/v1/images/127.0.0.1:1/x/y:1", "").await;
         assert_eq!(s, StatusCode::NOT_FOUND, "{b}");
         assert!(b.contains(img::IMAGE_NOT_FOUND), "{b}");
+        // Import: an empty body and a body that is no image archive are 422s.
+        let (s, b) = call(app.clone(), "POST", "/v1/images/import", "").await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
+        let (s, b) = call(
+            app.clone(),
+            "POST",
+            "/v1/images/import?reference=x/y:1",
+            "not a tar",
+        )
+        .await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
+        assert!(b.contains(img::BAD_IMAGE), "{b}");
         // Port 1 on loopback: nothing listens.
         let (s, b) = call(
             app,

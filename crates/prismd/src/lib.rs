@@ -26,8 +26,10 @@ pub mod e2b;
 pub mod error;
 pub mod extract;
 pub mod images;
+pub mod images_import;
 pub mod metrics;
 pub mod ports;
+pub mod resolver;
 pub mod runtime;
 pub mod ws;
 
@@ -58,7 +60,7 @@ pub struct AppState {
         api::exec, ws::exec_ws,
         api::files_get, api::files_put, api::files_delete,
         api::logs, api::metrics,
-        images::pull, images::list, images::remove, images::prune,
+        images::pull, images::list, images::remove, images::prune, images_import::import,
         code::run_code, code::create_context, code::list_contexts, code::delete_context,
         code::restart_context, code::interrupt_context, code::invoke,
         ports::port_proxy,
@@ -103,7 +105,10 @@ async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) ->
 /// The whole HTTP surface.
 pub fn app(state: AppState) -> Router {
     let sandbox = "/v1/sandboxes/{id}";
-    let images = images::router(&state.manager.config().state_dir);
+    let images = images::router(
+        &state.manager.config().state_dir,
+        Some(state.manager.clone()),
+    );
     let open = Router::new()
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))

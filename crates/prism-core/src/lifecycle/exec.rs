@@ -130,8 +130,8 @@ impl SandboxManager {
         let spec = ProcSpec {
             argv,
             env,
-            cwd: req.cwd.clone(),
-            user: req.user.clone(),
+            cwd: req.cwd.clone().or_else(|| rec.spec.cwd.clone()),
+            user: req.user.clone().or_else(|| rec.spec.user.clone()),
             pty: None,
             stdin: req.stdin.is_some(),
             tag: None,
@@ -207,8 +207,8 @@ impl SandboxManager {
         let spec = ProcSpec {
             argv,
             env,
-            cwd: start.cwd,
-            user: start.user,
+            cwd: start.cwd.or_else(|| rec.spec.cwd.clone()),
+            user: start.user.or_else(|| rec.spec.user.clone()),
             pty: start.tty.then(|| {
                 (
                     start.cols.unwrap_or(80).max(1),

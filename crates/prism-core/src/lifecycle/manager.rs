@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use futures_util::StreamExt;
@@ -16,6 +16,7 @@ use tokio::sync::OwnedMutexGuard;
 use super::agent::{Agent, AgentConnector, ProcEvent, ProcSpec, ProcStream};
 use super::logs::LogHub;
 use super::pool::{Member, PoolConfig, Pools};
+use super::source::{self, RootfsResolver, Source};
 use super::state::{Action, Plan, plan};
 use super::{LifecycleError, expiry, now_ms, rfc3339, templates, validate};
 use crate::{Limits, Runtime, SandboxHandle, SandboxSpec};
@@ -70,6 +71,7 @@ pub(crate) struct Inner {
     pub runtime: Arc<dyn Runtime>,
     pub agents: Arc<dyn AgentConnector>,
     pub cfg: ManagerConfig,
+    pub(crate) resolver: OnceLock<Arc<dyn RootfsResolver>>,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     pub live: Mutex<HashMap<String, Live>>,
     logs: Mutex<HashMap<String, Arc<LogHub>>>,
@@ -151,6 +153,7 @@ impl SandboxManager {
                 runtime,
                 agents,
                 cfg,
+                resolver: OnceLock::new(),
                 locks: Mutex::new(HashMap::new()),
                 live: Mutex::new(HashMap::new()),
                 logs: Mutex::new(HashMap::new()),
@@ -304,9 +307,17 @@ impl SandboxManager {
     /// runtime is asked for anything, so a crash at any point leaves something to clean.
     pub async fn create(&self, req: CreateSandboxRequest) -> Result<Sandbox, LifecycleError> {
         let cfg = &self.inner.cfg;
-        let spec = validate::create(req, cfg.default_timeout_s, cfg.max_lifetime_s)?;
-        let template = spec.template.clone().unwrap_or_default();
-        templates::rootfs(&template, &cfg.state_dir)?;
+        let mut spec = validate::create(req, cfg.default_timeout_s, cfg.max_lifetime_s)?;
+        let template = match spec.image.clone() {
+            Some(image) => {
+                let resolved = self.resolver()?.resolve(Source::Image(image)).await?;
+                source::apply_defaults(&mut spec, resolved.defaults);
+                spec.image = Some(resolved.reference);
+                resolved.pinned
+            }
+            None => spec.template.clone().unwrap_or_default(),
+        };
+        self.rootfs_of(&template)?;
         if let Some(member) = self.claim(&spec).await {
             return self.create_from_member(spec, member).await;
         }
@@ -395,7 +406,7 @@ impl SandboxManager {
                 .name
                 .clone()
                 .unwrap_or_else(|| rec.id.chars().take(12).collect()),
-            rootfs: templates::rootfs(&rec.template, &cfg.state_dir)?,
+            rootfs: self.rootfs_of(&rec.template)?,
             limits: limits_of(&rec.spec.resources),
             security: security_profile(rec.spec.security),
         };
@@ -458,6 +469,8 @@ impl SandboxManager {
             let proc_spec = ProcSpec {
                 argv: cmd,
                 env: self.process_env(&rec).await,
+                cwd: rec.spec.cwd.clone(),
+                user: rec.spec.user.clone(),
                 tag: Some(MAIN_TAG.into()),
                 ..ProcSpec::default()
             };

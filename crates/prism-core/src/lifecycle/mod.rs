@@ -22,6 +22,9 @@ mod ports;
 pub mod proto_agent;
 mod recover;
 mod secret_env;
+pub mod source;
+#[cfg(test)]
+mod source_tests;
 pub mod state;
 pub mod templates;
 pub mod validate;
@@ -38,6 +41,7 @@ pub use manager::{ManagerConfig, SandboxManager};
 pub use pool::PoolConfig;
 pub use proto_agent::ProtoAgents;
 pub use secret_env::SecretEnv;
+pub use source::{ResolveError, ResolveErrorKind, Resolved, RootfsResolver, Source};
 pub use state::{Action, InvalidState, Plan};
 
 use crate::RuntimeError;
@@ -53,6 +57,10 @@ pub enum LifecycleError {
     InvalidRequest(String),
     #[error("unknown template {0:?} (available: base)")]
     TemplateNotFound(String),
+    #[error(transparent)]
+    Resolve(#[from] source::ResolveError),
+    #[error("this daemon cannot start sandboxes from images (no image store configured)")]
+    NoImages,
     #[error(transparent)]
     InvalidState(#[from] InvalidState),
     #[error("the runtime could not {op} the sandbox")]

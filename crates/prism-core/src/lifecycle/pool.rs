@@ -34,7 +34,7 @@ pub struct PoolConfig {
 
 impl PoolConfig {
     /// Whether a validated create request can be served by a member of this pool: same
-    /// template and resources, no name (the hostname is fixed at start), no network beyond
+    /// template (no image) and resources, no name (the hostname is fixed at start), no network beyond
     /// loopback, the default security profile.
     pub fn fits(&self, spec: &CreateSandboxRequest) -> bool {
         spec.name.is_none()

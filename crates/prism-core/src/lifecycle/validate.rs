@@ -198,11 +198,36 @@ pub fn create(
     self::network(&network)?;
     req.network = Some(network);
     req.timeout_s = Some(timeout);
-    req.template = Some(
-        req.template
-            .take()
-            .unwrap_or_else(|| DEFAULT_TEMPLATE.to_string()),
-    );
+    if let Some(image) = &req.image {
+        if req.template.is_some() {
+            return Err(invalid(
+                "give either `template` or `image`, not both (a template names its own image)",
+            ));
+        }
+        if image.trim().is_empty() || image.len() > 512 {
+            return Err(invalid(
+                "image must be a reference like `registry/repo:tag` (at most 512 bytes)",
+            ));
+        }
+    } else {
+        req.template = Some(
+            req.template
+                .take()
+                .unwrap_or_else(|| DEFAULT_TEMPLATE.to_string()),
+        );
+    }
+    if let Some(cwd) = &req.cwd
+        && !cwd.starts_with('/')
+    {
+        return Err(invalid(format!("cwd {cwd:?} must be an absolute path")));
+    }
+    if let Some(user) = &req.user
+        && (user.is_empty() || user.len() > 64 || user.contains(char::is_whitespace))
+    {
+        return Err(invalid(format!(
+            "user {user:?} must be a name, a uid or uid:gid"
+        )));
+    }
     Ok(req)
 }
 
