@@ -19,6 +19,8 @@ pub struct Cli {
     pub cmd: Cmd,
 }
 
+// Parsed once per invocation: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Cmd {
     /// Create a sandbox; with a command, run it attached and exit with its code.

@@ -86,6 +86,19 @@ async fn gauges(st: &AppState) -> Result<(), AppError> {
             .unwrap_or(0);
         metrics::gauge!("prism_sandboxes", "state" => state).set(n as f64);
     }
+    for p in st.manager.pools() {
+        let t = p.template.clone();
+        metrics::gauge!("prism_pool_size", "template" => t.clone()).set(p.size as f64);
+        metrics::gauge!("prism_pool_ready", "template" => t.clone()).set(p.ready as f64);
+        metrics::gauge!("prism_pool_starting", "template" => t.clone()).set(p.starting as f64);
+        metrics::gauge!("prism_pool_claimed", "template" => t.clone()).set(p.claimed as f64);
+        metrics::gauge!("prism_pool_misses", "template" => t.clone()).set(p.misses as f64);
+        metrics::gauge!("prism_pool_memory_pressure", "template" => t).set(if p.memory_pressure {
+            1.0
+        } else {
+            0.0
+        });
+    }
     let (running, _) = st
         .manager
         .list(ListFilter {

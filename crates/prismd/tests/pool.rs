@@ -62,6 +62,19 @@ async fn pooled_creates_are_fresh_sandboxes_and_members_never_leak() {
     assert_eq!(out.stdout, format!("{}\nmark\n", &a.id[..12]), "{out:?}");
     let p = pool_until(&d, "refill to 2", |p| p.ready == 2).await;
     assert_eq!(p.claimed, 1);
+    // The same state is in /metrics.
+    let text = reqwest::get(format!("{}/metrics", d.url()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "prism_pool_size{template=\"base\"} 2",
+        "prism_pool_claimed{template=\"base\"} 1",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} not in:\n{text}");
+    }
 
     // A used sandbox never goes back: after destroy, the next create is another, clean one.
     c.destroy(&a.id).await.unwrap();

@@ -468,7 +468,7 @@ impl SandboxManager {
             let agent = self.agent_of(handle);
             let proc_spec = ProcSpec {
                 argv: cmd,
-                env: self.process_env(&rec).await,
+                env: self.process_env(rec).await,
                 cwd: rec.spec.cwd.clone(),
                 user: rec.spec.user.clone(),
                 tag: Some(MAIN_TAG.into()),

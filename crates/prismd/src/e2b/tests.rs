@@ -22,13 +22,23 @@ struct T {
 }
 
 fn setup() -> T {
+    setup_with(false).0
+}
+
+/// The router with auth on or off; with auth on, also an admin key and a project key.
+fn setup_with(auth_on: bool) -> (T, String, String) {
     let dir = tempfile::tempdir().unwrap();
     let rt = FakeRuntime::new(dir.path());
     let agents = FakeAgents::for_runtime(&rt);
     let store = Arc::new(SqliteStore::open(&dir.path().join("state.db")).unwrap());
-    let auth = Arc::new(
-        crate::auth::Auth::new(false, store.clone(), crate::auth::Limits::default()).unwrap(),
-    );
+    let secrets =
+        Arc::new(crate::auth::secrets::Secrets::with_key([7; 32], store.clone()).unwrap());
+    let auth = crate::auth::Auth::new(auth_on, store.clone(), crate::auth::Limits::default())
+        .unwrap()
+        .with_secrets(secrets);
+    let (admin, _) = auth.create_key("admin", None).unwrap();
+    let (project, _) = auth.create_key("team", Some("team")).unwrap();
+    let auth = Arc::new(auth);
     let manager =
         SandboxManager::new(store, rt, agents, ManagerConfig::new(dir.path().into())).unwrap();
     let state = AppState {
@@ -37,10 +47,14 @@ fn setup() -> T {
         listen: "127.0.0.1:8008".parse().unwrap(),
         auth,
     };
-    T {
-        _dir: dir,
-        app: app(state),
-    }
+    (
+        T {
+            _dir: dir,
+            app: app(state),
+        },
+        admin,
+        project,
+    )
 }
 
 impl T {
@@ -343,4 +357,76 @@ async fn data_plane_is_routed_by_headers() {
     // Requests without the header are Prism's own API.
     let (s, _, _) = t.call(Method::GET, "/healthz", &[], None).await;
     assert_eq!(s, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn with_auth_on_the_control_plane_needs_a_key_and_the_data_plane_its_token() {
+    let (t, admin, project) = setup_with(true);
+    let (s, _, v) = t
+        .call(
+            Method::POST,
+            "/v2/sandboxes",
+            &[],
+            Some(r#"{"templateID":"base"}"#),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "{v}");
+    let (s, _, v) = t
+        .call(
+            Method::POST,
+            "/v2/sandboxes",
+            &[("x-api-key", &project)],
+            Some(r#"{"templateID":"base"}"#),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let id = v["sandboxID"].as_str().unwrap().to_string();
+    let token = v["envdAccessToken"].as_str().unwrap().to_string();
+    assert_eq!(token.len(), 64);
+    // The project's list shows it; the data plane refuses without the token or with another
+    // sandbox's, and lets the token (or an admin key) through to the agent.
+    let (s, _, v) = t
+        .call(
+            Method::GET,
+            "/v2/sandboxes",
+            &[("x-api-key", &project)],
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v.as_array().unwrap().len(), 1);
+    let plane = |extra: Vec<(&'static str, String)>| {
+        let mut h = vec![
+            ("e2b-sandbox-id", id.clone()),
+            ("e2b-sandbox-port", "49999".to_string()),
+        ];
+        h.extend(extra);
+        h
+    };
+    for (hdrs, want) in [
+        (plane(vec![]), StatusCode::UNAUTHORIZED),
+        (
+            plane(vec![("x-access-token", "00".repeat(32))]),
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            plane(vec![("x-api-key", project.clone())]),
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            plane(vec![("x-access-token", token.clone())]),
+            StatusCode::OK,
+        ),
+        (plane(vec![("x-api-key", admin.clone())]), StatusCode::OK),
+    ] {
+        let refs: Vec<(&str, &str)> = hdrs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let (s, _, v) = t.call(Method::GET, "/contexts", &refs, None).await;
+        // The fake agent has no code contexts: past the check, the answer is its error, never 401.
+        if want == StatusCode::OK {
+            assert_ne!(s, StatusCode::UNAUTHORIZED, "{refs:?}: {v}");
+        } else {
+            assert_eq!(s, want, "{refs:?}: {v}");
+            assert_e2b_error(&v, s);
+        }
+    }
 }
