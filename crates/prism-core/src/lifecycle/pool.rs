@@ -13,6 +13,9 @@ use std::time::Duration;
 
 use prism_types::{CreateSandboxRequest, PoolInfo, Resources};
 
+use futures_util::StreamExt;
+
+use super::agent::{ProcEvent, ProcSpec};
 use super::manager::{SandboxManager, blocking, lock};
 use super::templates;
 use crate::{SandboxHandle, SandboxSpec};
@@ -23,6 +26,10 @@ const TICK: Duration = Duration::from_secs(2);
 const BACKOFF: Duration = Duration::from_secs(1);
 /// How long a fresh member's agent may take to answer its health check.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(10);
+/// After a claim wakes the refill task, it waits this long before starting a replacement, so
+/// the replacement's start (milliseconds of CPU) does not compete with the claimed sandbox's
+/// first requests.
+const REFILL_DELAY: Duration = Duration::from_millis(25);
 
 /// One pool's configuration: sandboxes of `template` with `resources`, `size` kept warm.
 #[derive(Debug, Clone, PartialEq)]
@@ -256,7 +263,12 @@ impl SandboxManager {
                     }
                 }
                 None => {
-                    let _ = tokio::time::timeout(TICK, pools.wake.notified()).await;
+                    if tokio::time::timeout(TICK, pools.wake.notified())
+                        .await
+                        .is_ok()
+                    {
+                        tokio::time::sleep(REFILL_DELAY).await;
+                    }
                 }
             }
         }
@@ -342,10 +354,27 @@ impl SandboxManager {
             .map_err(|e| e.to_string())?;
         let agent = self.agent_of(&handle);
         match tokio::time::timeout(HEALTH_TIMEOUT, agent.health()).await {
-            Ok(Ok(())) => Ok(handle),
-            Ok(Err(e)) => Err(format!("agent unhealthy: {e}")),
-            Err(_) => Err("agent did not answer its health check in time".into()),
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(format!("agent unhealthy: {e}")),
+            Err(_) => return Err("agent did not answer its health check in time".into()),
         }
+        // Warm the agent's exec path once (its first fork and page faults), so the claimed
+        // sandbox's first exec costs what later ones do. Best effort: the outcome is ignored.
+        let warm = async {
+            let spec = ProcSpec {
+                argv: vec!["/bin/true".into()],
+                ..ProcSpec::default()
+            };
+            if let Ok(mut ps) = agent.spawn(spec).await {
+                while let Some(ev) = ps.events.next().await {
+                    if matches!(ev, Ok(ProcEvent::End { .. }) | Err(_)) {
+                        break;
+                    }
+                }
+            }
+        };
+        let _ = tokio::time::timeout(HEALTH_TIMEOUT, warm).await;
+        Ok(handle)
     }
 }
 

@@ -161,7 +161,11 @@ pub async fn sandbox_port(st: &AppState, id: &str, port: u16, req: Request) -> R
         .map_or_else(|| "/".to_string(), |pq| pq.as_str().to_string());
     match crate::ports::proxy(&st.manager, id, port, &target, req).await {
         Ok(resp) => resp,
-        Err(e) => E2bError::new(e.status, e.body.message).into_response(),
+        Err(e) => E2bError::new(
+            e.status,
+            format!("port {port} of sandbox {id}: {}", e.body.message),
+        )
+        .into_response(),
     }
 }
 
