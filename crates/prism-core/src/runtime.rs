@@ -70,6 +70,9 @@ pub struct SandboxStats {
     pub pids: u64,
     pub oom_kills: u64,
     pub disk_bytes: u64,
+    /// Bytes the sandbox's processes (living and reaped) read from / wrote to storage.
+    pub io_read_bytes: u64,
+    pub io_write_bytes: u64,
 }
 
 /// Failures of a runtime backend.

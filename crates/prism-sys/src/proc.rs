@@ -132,6 +132,34 @@ pub fn start_time(pid: u32) -> io::Result<u64> {
     parse_start_time(&stat).ok_or_else(|| io::Error::other("unparsable /proc/PID/stat"))
 }
 
+/// Storage I/O of a process (`/proc/PID/io`): bytes it caused to be read from and written to
+/// the storage layer, its own plus those of the children it has reaped (the kernel folds a
+/// reaped child's counters into its parent's).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IoCounters {
+    pub read_bytes: u64,
+    pub write_bytes: u64,
+}
+
+/// `/proc/PID/io` of `pid` (root reads it for any process).
+pub fn io_counters(pid: u32) -> io::Result<IoCounters> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/io"))?;
+    Ok(parse_io(&text))
+}
+
+fn parse_io(text: &str) -> IoCounters {
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    IoCounters {
+        read_bytes: field("read_bytes"),
+        write_bytes: field("write_bytes"),
+    }
+}
+
 fn parse_start_time(stat: &str) -> Option<u64> {
     // The command name (field 2) may contain spaces and parentheses: skip past the last ')'.
     let rest = &stat[stat.rfind(')')? + 1..];
@@ -147,6 +175,21 @@ mod tests {
         let line = "42 (a b) c)) S 1 42 42 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 98765 1000 10";
         assert_eq!(parse_start_time(line), Some(98765));
         assert_eq!(parse_start_time("garbage"), None);
+    }
+
+    #[test]
+    fn io_counters_parse_and_ours_are_readable() {
+        let text = "rchar: 10\nwchar: 20\nsyscr: 1\nsyscw: 2\nread_bytes: 4096\n\
+                    write_bytes: 8192\ncancelled_write_bytes: 0\n";
+        assert_eq!(
+            parse_io(text),
+            IoCounters {
+                read_bytes: 4096,
+                write_bytes: 8192
+            }
+        );
+        assert_eq!(parse_io(""), IoCounters::default());
+        assert!(io_counters(std::process::id()).is_ok());
     }
 
     #[test]

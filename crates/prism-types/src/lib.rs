@@ -278,6 +278,11 @@ pub struct SandboxMetrics {
     pub pids: u64,
     pub oom_kills: u64,
     pub disk_bytes: u64,
+    /// Bytes read from / written to storage by the sandbox's processes since it started.
+    #[serde(default)]
+    pub io_read_bytes: u64,
+    #[serde(default)]
+    pub io_write_bytes: u64,
 }
 
 /// `GET /v1/info`: what this daemon is.

@@ -258,6 +258,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
                 println!("PIDS      {}", m.pids);
                 println!("OOM KILLS {}", m.oom_kills);
                 println!("DISK      {:.1} MiB", m.disk_bytes as f64 / 1048576.0);
+                println!(
+                    "BLOCK IO  {:.1} MiB read / {:.1} MiB written",
+                    m.io_read_bytes as f64 / 1048576.0,
+                    m.io_write_bytes as f64 / 1048576.0
+                );
             }
             Ok(0)
         }

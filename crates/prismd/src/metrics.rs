@@ -114,7 +114,13 @@ async fn gauges(st: &AppState) -> Result<(), AppError> {
                 .set(m.cpu_usage_ns as f64 / 1e9);
             metrics::gauge!("prism_sandbox_memory_bytes", "sandbox" => id.clone())
                 .set(m.memory_bytes as f64);
-            metrics::gauge!("prism_sandbox_pids", "sandbox" => id).set(m.pids as f64);
+            metrics::gauge!("prism_sandbox_pids", "sandbox" => id.clone()).set(m.pids as f64);
+            metrics::gauge!("prism_sandbox_disk_bytes", "sandbox" => id.clone())
+                .set(m.disk_bytes as f64);
+            metrics::gauge!("prism_sandbox_io_read_bytes", "sandbox" => id.clone())
+                .set(m.io_read_bytes as f64);
+            metrics::gauge!("prism_sandbox_io_write_bytes", "sandbox" => id)
+                .set(m.io_write_bytes as f64);
         }
     }
     Ok(())

@@ -11,13 +11,6 @@ use prism_types::auth::{AuditEntry, CreateApiKeyRequest};
 use reqwest::{Method, StatusCode};
 use support::{Daemon, prismctl};
 
-fn admin_key(d: &Daemon) -> String {
-    std::fs::read_to_string(d.state.join("admin.key"))
-        .unwrap()
-        .trim()
-        .to_string()
-}
-
 fn client(d: &Daemon, key: &str) -> prism_client::Client {
     prism_client::Client::new(&d.url())
         .unwrap()
@@ -92,7 +85,7 @@ async fn keys_projects_and_every_sandbox_route_is_scoped() {
     assert_eq!(st, StatusCode::UNAUTHORIZED);
     assert!(d.client.health().await.is_ok());
 
-    let admin_secret = admin_key(&d);
+    let admin_secret = d.admin_key();
     let admin = client(&d, &admin_secret);
     let (a_id, a_key) = project_key(&admin, "team-a").await;
     let (_b_id, b_key) = project_key(&admin, "team-b").await;
@@ -256,7 +249,7 @@ async fn rate_limit_answers_429_and_quota_refuses_the_extra_sandbox() {
          max_sandboxes = 2\n",
     )
     .await;
-    let admin = client(&d, &admin_key(&d));
+    let admin = client(&d, &d.admin_key());
     let (_, key) = project_key(&admin, "q").await;
     let p = client(&d, &key);
 
@@ -351,7 +344,7 @@ async fn secrets_reach_the_sandbox_env_and_nothing_else() {
     )
     .await;
     let base = d.url();
-    let admin = client(&d, &admin_key(&d));
+    let admin = client(&d, &d.admin_key());
     let (_, p_key) = project_key(&admin, "proj").await;
     let (_, q_key) = project_key(&admin, "other").await;
     let (p, q) = (client(&d, &p_key), client(&d, &q_key));

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use prism_types::auth::CreateApiKeyRequest;
 use support::Daemon;
 
 /// Longest a whole suite may take.
@@ -31,10 +32,10 @@ fn python() -> PathBuf {
 
 /// Runs `cmd` against the daemon with the E2B variables set; panics with its output unless it
 /// succeeds.
-async fn run_suite(d: &Daemon, what: &str, mut cmd: tokio::process::Command) {
+async fn run_suite(d: &Daemon, what: &str, api_key: &str, mut cmd: tokio::process::Command) {
     cmd.env("E2B_API_URL", d.url())
         .env("E2B_SANDBOX_URL", d.url())
-        .env("E2B_API_KEY", "prism-e2b-test")
+        .env("E2B_API_KEY", api_key)
         .env_remove("E2B_DOMAIN")
         .env_remove("E2B_DEBUG")
         .stdin(Stdio::null())
@@ -74,14 +75,25 @@ async fn e2b_python_sdks_pass_the_suite() {
         );
         return;
     }
+    // As the issue configures it: auth on, E2B_API_KEY = a Prism key of a project (not admin),
+    // so the control plane checks X-API-KEY and the data plane the sandbox's envdAccessToken.
     let dir = tempfile::tempdir().unwrap();
-    let d = Daemon::start(dir.path()).await;
+    let d = Daemon::start_with(dir.path(), "auth = true").await;
+    let admin = d.client.clone().with_api_key(Some(d.admin_key()));
+    let key = admin
+        .create_api_key(&CreateApiKeyRequest {
+            name: "e2b-suite".into(),
+            project: Some("e2b".into()),
+        })
+        .await
+        .unwrap()
+        .key;
     let mut cmd = tokio::process::Command::new(&py);
     cmd.args(["-m", "pytest", "-q", "-rA"])
         .current_dir(repo_root().join("tests/e2b/python"));
-    run_suite(&d, "pytest tests/e2b/python", cmd).await;
+    run_suite(&d, "pytest tests/e2b/python", &key, cmd).await;
     // Every sandbox the suite created was killed through the SDK.
-    let left = d.client.list_all(None, None).await.unwrap();
+    let left = admin.list_all(None, None).await.unwrap();
     assert!(
         left.is_empty(),
         "sandboxes left behind: {:?}",
@@ -107,9 +119,10 @@ async fn e2b_js_sdk_passes_the_suite() {
         );
         return;
     }
+    // The loopback default: auth off, any key accepted (the Python suite covers auth on).
     let dir = tempfile::tempdir().unwrap();
     let d = Daemon::start(dir.path()).await;
     let mut cmd = tokio::process::Command::new("node");
     cmd.args(["--test", "sdk.test.mjs"]).current_dir(&js);
-    run_suite(&d, "node --test tests/e2b/js", cmd).await;
+    run_suite(&d, "node --test tests/e2b/js", "prism-e2b-test", cmd).await;
 }

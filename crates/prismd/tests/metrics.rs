@@ -102,6 +102,26 @@ async fn metrics_parse_and_counters_move() {
         ),
         Some(1.0)
     );
+    // Storage I/O: 8 MiB written to the writable layer by a process that has exited since
+    // (its counters live on in the agent that reaped it) shows in the API and in the gauge.
+    let before = c.metrics(&sb.id).await.unwrap().io_write_bytes;
+    let write = ExecRequest {
+        command: Some("dd if=/dev/zero of=/root/blob bs=1M count=8 conv=fsync 2>/dev/null".into()),
+        ..Default::default()
+    };
+    assert_eq!(c.exec(&sb.id, &write).await.unwrap().exit_code, 0);
+    let after = c.metrics(&sb.id).await.unwrap().io_write_bytes;
+    assert!(
+        after >= before + (8 << 20),
+        "io_write_bytes {before} -> {after}"
+    );
+    let io = value(
+        &scrape(&d.url()).await,
+        "prism_sandbox_io_write_bytes",
+        &[("sandbox", &sb.id)],
+    );
+    assert!(io.is_some_and(|v| v >= (8 << 20) as f64), "{io:?}");
+
     c.destroy(&sb.id).await.unwrap();
     let third = scrape(&d.url()).await;
     assert_eq!(

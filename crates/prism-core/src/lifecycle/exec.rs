@@ -321,6 +321,8 @@ impl SandboxManager {
             pids: s.pids,
             oom_kills: s.oom_kills,
             disk_bytes: s.disk_bytes,
+            io_read_bytes: s.io_read_bytes,
+            io_write_bytes: s.io_write_bytes,
         })
     }
 }

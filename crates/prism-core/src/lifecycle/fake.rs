@@ -154,6 +154,7 @@ impl Runtime for FakeRuntime {
             pids: 1,
             oom_kills: self.oom_kills.load(Ordering::Relaxed),
             disk_bytes: 0,
+            ..Default::default()
         })
     }
 

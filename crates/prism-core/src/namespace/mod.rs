@@ -442,7 +442,19 @@ impl Runtime for NamespaceRuntime {
             .cgroups
             .stats(&handle.id)
             .map_err(|e| RuntimeError::NotFound(error_chain(&e)))?;
+        // Every process of the sandbox is in its cgroup, and the counters of the dead ones are
+        // folded into whoever reaped them (ultimately the agent, PID 1): the sum over the living
+        // is the sandbox's total.
+        let mut io = prism_sys::proc::IoCounters::default();
+        for pid in self.cgroups.pids(&handle.id).unwrap_or_default() {
+            if let Ok(c) = prism_sys::proc::io_counters(pid) {
+                io.read_bytes += c.read_bytes;
+                io.write_bytes += c.write_bytes;
+            }
+        }
         Ok(SandboxStats {
+            io_read_bytes: io.read_bytes,
+            io_write_bytes: io.write_bytes,
             cpu_usage_ns: c.cpu_usage_ns,
             memory_bytes: c.memory_bytes,
             memory_limit_bytes: c.memory_limit_bytes,

@@ -142,3 +142,108 @@ attempt("n256", lambda: open("/tmp/" + "a" * 256, "w").close())
         client.health().await.expect("agent still healthy");
     });
 }
+
+/// Attacks: a symlink race on the file API (the classic TOCTOU of container `cp`). While the
+/// host writes files under `/tmp/race/` through the API, a sandbox process swaps `/tmp/race`
+/// between a real directory and a symlink to `/` with `renameat2(RENAME_EXCHANGE)`, as fast as
+/// it can, hoping a write that resolved the path as a directory lands through the link — and,
+/// were the path resolved on the host, in the host's root.
+/// Expected: every write the API acknowledged lands inside the sandbox (in the directory or, via
+/// the link, in the sandbox's own `/`), all of them are found there, and none reaches the host's
+/// `/`.
+#[test]
+fn symlink_swap_race_on_the_file_api_stays_inside() {
+    let _serial = crate::serial();
+    let Some(h) = harness("adversarial symlink race") else {
+        return;
+    };
+    let marker = format!("prism-race-{}", std::process::id());
+    let (_handle, client) = h.start("adv-race", small());
+    // The swapper runs in the background until /tmp/stop exists (or 60 s pass).
+    let swapper = r#"
+import ctypes, os, time
+libc = ctypes.CDLL(None, use_errno=True)
+os.mkdir("/tmp/race"); os.symlink("/", "/tmp/swap")
+end = time.time() + 60
+n = 0
+while not os.path.exists("/tmp/stop") and time.time() < end:
+    if libc.syscall(316, -100, b"/tmp/race", -100, b"/tmp/swap", 2) != 0:
+        raise SystemExit(f"renameat2 errno {ctypes.get_errno()}")
+    n += 1
+open("/tmp/swaps", "w").write(str(n))
+"#;
+    h.rt.block_on(async {
+        client
+            .write_file(
+                "/tmp/swapper.py",
+                futures_util::stream::iter([Ok(bytes::Bytes::from(swapper.as_bytes().to_vec()))]),
+            )
+            .await
+            .expect("upload swapper");
+    });
+    let out = h.sh(
+        &client,
+        "setsid python3 /tmp/swapper.py >/tmp/swapper.log 2>&1 </dev/null & \
+         while [ ! -L /tmp/swap ] && [ ! -L /tmp/race ]; do :; done; echo started",
+    );
+    assert!(out.stdout.contains("started"), "{out:?}");
+    let mut acked = 0;
+    h.rt.block_on(async {
+        for i in 0..300 {
+            let path = format!("/tmp/race/{marker}-{i}");
+            let data = bytes::Bytes::from(format!("{i}"));
+            if client
+                .write_file(&path, futures_util::stream::iter([Ok(data)]))
+                .await
+                .is_ok()
+            {
+                acked += 1;
+            }
+        }
+        client
+            .write_file(
+                "/tmp/stop",
+                futures_util::stream::iter([Ok(bytes::Bytes::from_static(b"1"))]),
+            )
+            .await
+            .expect("stop the swapper");
+    });
+    let out = h.sh(
+        &client,
+        &format!(
+            "while [ ! -e /tmp/swaps ]; do :; done; echo swaps=$(cat /tmp/swaps); \
+             cat /tmp/swapper.log; \
+             echo found=$(find / /tmp -xdev -name '{marker}-*' 2>/dev/null | wc -l); \
+             echo in_root=$(ls / | grep -c '{marker}-')"
+        ),
+    );
+    let swaps: u64 = field(&out, "swaps")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    assert!(swaps > 100, "the swapper did not race: {out:?}");
+    assert!(acked > 0, "no write was acknowledged: {out:?}");
+    let found: usize = field(&out, "found")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(usize::MAX);
+    assert_eq!(
+        found, acked,
+        "every acknowledged write is inside the sandbox: {out:?}"
+    );
+    let on_host: Vec<_> = std::fs::read_dir("/")
+        .expect("read host /")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&marker))
+        .map(|e| e.path())
+        .collect();
+    for p in &on_host {
+        let _ = std::fs::remove_file(p);
+    }
+    assert!(
+        on_host.is_empty(),
+        "writes escaped to the host: {on_host:?}"
+    );
+    eprintln!(
+        "symlink race: {swaps} swaps, {acked}/300 writes acknowledged, {} landed in the sandbox's /",
+        field(&out, "in_root").unwrap_or("?")
+    );
+}

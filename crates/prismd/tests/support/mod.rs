@@ -156,6 +156,14 @@ impl Daemon {
         d
     }
 
+    /// The bootstrap admin key prismd wrote on its first start with auth on.
+    pub fn admin_key(&self) -> String {
+        std::fs::read_to_string(self.state.join("admin.key"))
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
