@@ -23,6 +23,25 @@ pub const MASTER_KEY_FILE: &str = "master.key";
 /// Label linking a sandbox being created to its project until its owner is recorded.
 pub const CREATE_LABEL: &str = "prism.create";
 
+/// What a per-sandbox data-plane token opens (E2B's two tokens).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenKind {
+    /// `envdAccessToken`: the agent's process and filesystem API (and every port).
+    Envd,
+    /// `trafficAccessToken`: the sandbox's other ports (code interpreter, port proxy).
+    Traffic,
+}
+
+impl TokenKind {
+    fn message(self, id: &str) -> Vec<u8> {
+        match self {
+            // The envd token predates the kinds: its message stays the bare id.
+            Self::Envd => id.as_bytes().to_vec(),
+            Self::Traffic => format!("traffic:{id}").into_bytes(),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum SecretsError {
     #[error("the master key must be 64 hex digits (32 bytes)")]
@@ -143,15 +162,16 @@ impl Secrets {
         })
     }
 
-    /// The data-plane access token of sandbox `id`: an HMAC under a key derived from the
-    /// master key, so it survives restarts and needs no storage.
-    pub fn access_token(&self, id: &str) -> String {
-        let tag = ring::hmac::sign(&self.token_key, id.as_bytes());
+    /// A data-plane token of sandbox `id` for `kind`: an HMAC under a key derived from the
+    /// master key, so it survives restarts and needs no storage. The kinds give different
+    /// tokens, so a leaked port (traffic) token does not open the sandbox's process API.
+    pub fn access_token(&self, kind: TokenKind, id: &str) -> String {
+        let tag = ring::hmac::sign(&self.token_key, &kind.message(id));
         tag.as_ref().iter().map(|b| format!("{b:02x}")).collect()
     }
 
-    /// Whether `token` is sandbox `id`'s access token (constant-time comparison).
-    pub fn check_access_token(&self, id: &str, token: &str) -> bool {
+    /// Whether `token` is sandbox `id`'s token of `kind` (constant-time comparison).
+    pub fn check_access_token(&self, kind: TokenKind, id: &str, token: &str) -> bool {
         let Some(bytes) = (0..token.len())
             .step_by(2)
             .map(|i| {
@@ -163,7 +183,7 @@ impl Secrets {
         else {
             return false;
         };
-        ring::hmac::verify(&self.token_key, id.as_bytes(), &bytes).is_ok()
+        ring::hmac::verify(&self.token_key, &kind.message(id), &bytes).is_ok()
     }
 
     pub fn store(&self) -> &Arc<SqliteStore> {

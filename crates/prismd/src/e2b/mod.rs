@@ -22,6 +22,7 @@ use axum::routing::{get, post};
 use serde::Serialize;
 
 use crate::AppState;
+use crate::auth::secrets::TokenKind;
 use crate::error::AppError;
 
 /// The port of envd (E2B's in-sandbox daemon) in `E2b-Sandbox-Port`.
@@ -103,9 +104,6 @@ pub async fn data_plane(State(st): State<AppState>, req: Request, next: Next) ->
         return next.run(req).await;
     };
     let id = id.to_string();
-    if let Err(e) = data_plane_allowed(&st, &id, req.headers()) {
-        return e.into_response();
-    }
     let port = match header_str(req.headers(), "e2b-sandbox-port").map(str::parse::<u16>) {
         None => ENVD_PORT,
         Some(Ok(p)) => p,
@@ -114,6 +112,9 @@ pub async fn data_plane(State(st): State<AppState>, req: Request, next: Next) ->
                 .into_response();
         }
     };
+    if let Err(e) = data_plane_allowed(&st, &id, port, req.headers()) {
+        return e.into_response();
+    }
     match port {
         ENVD_PORT => envd::proxy(&st, &id, req).await,
         CODE_INTERPRETER_PORT => code::route(&st, &id, req).await,
@@ -121,22 +122,35 @@ pub async fn data_plane(State(st): State<AppState>, req: Request, next: Next) ->
     }
 }
 
-/// The data-plane access token of sandbox `id` when auth is on (`envdAccessToken`).
-pub fn access_token(st: &AppState, id: &str) -> Option<String> {
+/// A data-plane token of sandbox `id` when auth is on (`envdAccessToken`,
+/// `trafficAccessToken`).
+pub fn access_token(st: &AppState, kind: TokenKind, id: &str) -> Option<String> {
     if !st.auth.enabled() {
         return None;
     }
-    st.auth.secrets().map(|s| s.access_token(id))
+    st.auth.secrets().map(|s| s.access_token(kind, id))
 }
 
-/// With auth on, data-plane requests carry the sandbox's access token (`X-Access-Token`, as
-/// the SDK sends it after create/connect) or an admin API key.
-fn data_plane_allowed(st: &AppState, id: &str, headers: &HeaderMap) -> Result<(), E2bError> {
+/// With auth on, data-plane requests carry one of the sandbox's tokens, as the SDKs send them
+/// after create/connect: the envd token (`X-Access-Token`) opens every port; the traffic token
+/// (`E2B-Traffic-Access-Token`, what the code interpreter SDK sends for its contexts) opens
+/// every port but envd's. An admin API key opens everything.
+fn data_plane_allowed(
+    st: &AppState,
+    id: &str,
+    port: u16,
+    headers: &HeaderMap,
+) -> Result<(), E2bError> {
     if !st.auth.enabled() {
         return Ok(());
     }
-    if let (Some(token), Some(secrets)) = (header_str(headers, "x-access-token"), st.auth.secrets())
-        && secrets.check_access_token(id, token)
+    let presented = |header: &str, kind: TokenKind| {
+        header_str(headers, header)
+            .zip(st.auth.secrets())
+            .is_some_and(|(token, s)| s.check_access_token(kind, id, token))
+    };
+    if presented("x-access-token", TokenKind::Envd)
+        || (port != ENVD_PORT && presented("e2b-traffic-access-token", TokenKind::Traffic))
     {
         return Ok(());
     }
@@ -146,7 +160,8 @@ fn data_plane_allowed(st: &AppState, id: &str, headers: &HeaderMap) -> Result<()
             StatusCode::UNAUTHORIZED,
             format!(
                 "sandbox {id}: send its envdAccessToken (from create or connect) as \
-                 X-Access-Token, or an admin API key"
+                 X-Access-Token, its trafficAccessToken as E2B-Traffic-Access-Token (ports \
+                 other than {ENVD_PORT}), or an admin API key"
             ),
         )),
     }

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use super::{E2bError, ENVD_VERSION};
 use crate::AppState;
 use crate::auth::Caller;
+use crate::auth::secrets::TokenKind;
 
 type E2bResult<T> = Result<T, E2bError>;
 
@@ -66,6 +67,9 @@ pub struct Created {
     /// With auth on: the token the SDK sends as `X-Access-Token` on the data plane.
     #[serde(skip_serializing_if = "Option::is_none")]
     envd_access_token: Option<String>,
+    /// With auth on: the token for the sandbox's other ports (`E2B-Traffic-Access-Token`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    traffic_access_token: Option<String>,
 }
 
 /// A sandbox in `GET /sandboxes/{id}` and the lists.
@@ -108,7 +112,8 @@ fn created(st: &AppState, sb: &Sandbox) -> Created {
         envd_version: ENVD_VERSION,
         alias: sb.template.clone(),
         domain: None,
-        envd_access_token: super::access_token(st, &sb.id),
+        envd_access_token: super::access_token(st, TokenKind::Envd, &sb.id),
+        traffic_access_token: super::access_token(st, TokenKind::Traffic, &sb.id),
     }
 }
 
@@ -134,7 +139,14 @@ fn detail(sb: &Sandbox, state: &'static str) -> Detail {
         memory_mb: sb.resources.memory_mb.unwrap_or(0),
         disk_size_mb: sb.resources.disk_mb.unwrap_or(0),
         state,
-        metadata: sb.labels.clone(),
+        // Prism's own labels (`prism.*`, e.g. the owner marker of a create) are not the
+        // user's metadata.
+        metadata: sb
+            .labels
+            .iter()
+            .filter(|(k, _)| !k.starts_with("prism."))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
     }
 }
 

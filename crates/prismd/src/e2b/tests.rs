@@ -383,6 +383,9 @@ async fn with_auth_on_the_control_plane_needs_a_key_and_the_data_plane_its_token
     let id = v["sandboxID"].as_str().unwrap().to_string();
     let token = v["envdAccessToken"].as_str().unwrap().to_string();
     assert_eq!(token.len(), 64);
+    let traffic = v["trafficAccessToken"].as_str().unwrap().to_string();
+    assert_eq!(traffic.len(), 64);
+    assert_ne!(traffic, token);
     // The project's list shows it; the data plane refuses without the token or with another
     // sandbox's, and lets the token (or an admin key) through to the agent.
     let (s, _, v) = t
@@ -395,15 +398,30 @@ async fn with_auth_on_the_control_plane_needs_a_key_and_the_data_plane_its_token
         .await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(v.as_array().unwrap().len(), 1);
-    let plane = |extra: Vec<(&'static str, String)>| {
+    let on_port = |port: &str, extra: Vec<(&'static str, String)>| {
         let mut h = vec![
             ("e2b-sandbox-id", id.clone()),
-            ("e2b-sandbox-port", "49999".to_string()),
+            ("e2b-sandbox-port", port.to_string()),
         ];
         h.extend(extra);
         h
     };
+    let plane = |extra| on_port("49999", extra);
     for (hdrs, want) in [
+        // The traffic token opens the code interpreter's port, not envd's; the envd token is
+        // not a traffic token.
+        (
+            plane(vec![("e2b-traffic-access-token", traffic.clone())]),
+            StatusCode::OK,
+        ),
+        (
+            on_port("49983", vec![("e2b-traffic-access-token", traffic.clone())]),
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            plane(vec![("e2b-traffic-access-token", token.clone())]),
+            StatusCode::UNAUTHORIZED,
+        ),
         (plane(vec![]), StatusCode::UNAUTHORIZED),
         (
             plane(vec![("x-access-token", "00".repeat(32))]),
