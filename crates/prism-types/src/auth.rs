@@ -50,6 +50,10 @@ pub struct ApiKey {
 pub struct CreatedApiKey {
     /// The secret key: send it as `Authorization: Bearer <key>` or `X-API-KEY: <key>`.
     pub key: String,
+    /// The same key as `e2b_<hex>`, the form some E2B SDK versions insist on (`E2B_API_KEY`);
+    /// prismd accepts either.
+    #[serde(default)]
+    pub e2b_key: String,
     #[serde(flatten)]
     pub info: ApiKey,
 }

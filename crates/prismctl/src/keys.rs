@@ -143,6 +143,12 @@ pub async fn api_key_cmd(client: &Client, json: bool, cmd: ApiKeyCmd) -> anyhow:
                         .map_or("admin".to_string(), |p| format!("project {p}"))
                 );
                 println!("{}", k.key);
+                if !k.e2b_key.is_empty() {
+                    eprintln!(
+                        "the same key for E2B SDKs that want e2b_… keys: {}",
+                        k.e2b_key
+                    );
+                }
             }
         }
         ApiKeyCmd::Ls => {

@@ -20,14 +20,18 @@ fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// The Python of the venv scripts/setup made (`$PRISM_E2B_PYTHON` overrides).
-fn python() -> PathBuf {
+/// The venvs scripts/setup made: `(name, python)`, the pinned (newest tested) SDKs and the
+/// oldest tested ones (`$PRISM_E2B_PYTHON` replaces both with one interpreter).
+fn pythons() -> Vec<(&'static str, PathBuf)> {
     if let Some(p) = std::env::var_os("PRISM_E2B_PYTHON") {
-        return p.into();
+        return vec![("PRISM_E2B_PYTHON", p.into())];
     }
     let dir =
         std::env::var_os("PRISM_E2B_DIR").map_or_else(|| "/opt/prism-e2b".into(), PathBuf::from);
-    dir.join("venv/bin/python")
+    vec![
+        ("pinned", dir.join("venv/bin/python")),
+        ("oldest", dir.join("venv-oldest/bin/python")),
+    ]
 }
 
 /// Runs `cmd` against the daemon with the E2B variables set; panics with its output unless it
@@ -60,38 +64,51 @@ async fn e2b_python_sdks_pass_the_suite() {
     if !support::root_or_skip("e2b_python_sdks_pass_the_suite") {
         return;
     }
-    let py = python();
-    let probe = std::process::Command::new(&py)
-        .args([
-            "-c",
-            "import e2b, e2b_code_interpreter, pytest, pytest_asyncio",
-        ])
-        .output();
-    if !probe.is_ok_and(|o| o.status.success()) {
-        eprintln!(
-            "SKIP: e2b_python_sdks_pass_the_suite: NOT run: {} cannot import e2b, \
-             e2b_code_interpreter and pytest (run scripts/setup)",
-            py.display()
-        );
-        return;
+    let mut ran = 0;
+    for (name, py) in pythons() {
+        let probe = std::process::Command::new(&py)
+            .args([
+                "-c",
+                "import e2b, e2b_code_interpreter, pytest, pytest_asyncio",
+            ])
+            .output();
+        if !probe.is_ok_and(|o| o.status.success()) {
+            eprintln!(
+                "SKIP: e2b_python_sdks_pass_the_suite ({name}): NOT run: {} cannot import e2b, \
+                 e2b_code_interpreter and pytest (run scripts/setup)",
+                py.display()
+            );
+            continue;
+        }
+        python_suite(name, &py).await;
+        ran += 1;
     }
-    // As the issue configures it: auth on, E2B_API_KEY = a Prism key of a project (not admin),
-    // so the control plane checks X-API-KEY and the data plane the sandbox's envdAccessToken.
+    eprintln!("e2b_python_sdks_pass_the_suite: {ran} SDK version set(s) passed");
+}
+
+/// As the issue configures it: auth on, E2B_API_KEY = a Prism key of a project (not admin), so
+/// the control plane checks X-API-KEY and the data plane the sandbox's tokens. The oldest SDKs
+/// insist on E2B's key shape and get the key's `e2b_` form.
+async fn python_suite(name: &str, py: &Path) {
     let dir = tempfile::tempdir().unwrap();
     let d = Daemon::start_with(dir.path(), "auth = true").await;
     let admin = d.client.clone().with_api_key(Some(d.admin_key()));
-    let key = admin
+    let created = admin
         .create_api_key(&CreateApiKeyRequest {
             name: "e2b-suite".into(),
             project: Some("e2b".into()),
         })
         .await
-        .unwrap()
-        .key;
-    let mut cmd = tokio::process::Command::new(&py);
+        .unwrap();
+    let key = if name == "oldest" {
+        created.e2b_key
+    } else {
+        created.key
+    };
+    let mut cmd = tokio::process::Command::new(py);
     cmd.args(["-m", "pytest", "-q", "-rA"])
         .current_dir(repo_root().join("tests/e2b/python"));
-    run_suite(&d, "pytest tests/e2b/python", &key, cmd).await;
+    run_suite(&d, &format!("pytest tests/e2b/python ({name})"), &key, cmd).await;
     // Every sandbox the suite created was killed through the SDK.
     let left = admin.list_all(None, None).await.unwrap();
     assert!(

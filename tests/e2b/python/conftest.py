@@ -11,6 +11,13 @@ for var in ("E2B_API_URL", "E2B_SANDBOX_URL", "E2B_API_KEY"):
         raise RuntimeError(f"{var} must point the SDK at prismd (see docs/e2b.md)")
 
 
+def sdk_version():
+    """The installed e2b package's version as a tuple of ints (the suite runs against several)."""
+    from importlib.metadata import version
+
+    return tuple(int(p) for p in version("e2b").split(".")[:3] if p.isdigit())
+
+
 def wait_for(what, cond, timeout=20.0):
     """Polls `cond` until it returns a truthy value or the deadline passes."""
     deadline = time.monotonic() + timeout

@@ -20,9 +20,13 @@ async def test_async_create_run_files_kill():
         assert [e.name for e in await sb.files.list("/tmp") if e.name == "async.txt"] == ["async.txt"]
         assert (await sb.get_info()).metadata == {"suite": "async"}
 
-        h = await sb.commands.run("cat", background=True, stdin=True)
-        await sb.commands.send_stdin(h.pid, "piped\n")
-        await sb.commands.close_stdin(h.pid)
+        if hasattr(sb.commands, "close_stdin"):
+            h = await sb.commands.run("cat", background=True, stdin=True)
+            await sb.commands.send_stdin(h.pid, "piped\n")
+            await sb.commands.close_stdin(h.pid)
+        else:  # e2b 2.26: no close_stdin; read a known length
+            h = await sb.commands.run("head -c 6", background=True, stdin=True)
+            await sb.commands.send_stdin(h.pid, "piped\n")
         assert (await h.wait()).stdout == "piped\n"
     finally:
         await sb.kill()

@@ -8,6 +8,8 @@ import pytest
 from e2b import NotFoundException, Sandbox, SandboxException
 from e2b.sandbox.sandbox_api import SandboxQuery, SandboxState
 
+from conftest import sdk_version
+
 
 def test_create_reports_metadata_and_timeout():
     sb = Sandbox.create(timeout=120, metadata={"owner": "alice", "run": "1"})
@@ -66,8 +68,11 @@ def test_pause_then_connect_resumes_with_files_and_envs():
     sb = Sandbox.create(timeout=300, envs={"KEPT": "yes"})
     try:
         sb.files.write("/root/kept.txt", "survives")
-        assert sb.pause(mode="filesystem") is True
-        assert sb.pause(mode="filesystem") is False  # already paused
+        if sdk_version() >= (2, 27):
+            assert sb.pause(mode="filesystem") is True
+            assert sb.pause(mode="filesystem") is False  # already paused
+        else:  # e2b 2.26: pause() returns nothing; the state below is the check
+            sb.pause()
         assert sb.get_info().state == SandboxState.PAUSED
         assert not sb.is_running()
         again = Sandbox.connect(sb.sandbox_id, timeout=300)
@@ -99,6 +104,8 @@ def test_unknown_template_is_an_error():
 
 
 def test_list_by_template():
+    if "template" not in SandboxQuery.__init__.__code__.co_varnames:
+        pytest.skip(f"SandboxQuery(template=) needs a newer e2b than {sdk_version()}")
     sb = Sandbox.create(timeout=60, metadata={"t": "tmpl"})
     try:
         listed = Sandbox.list(query=SandboxQuery(template="base", metadata={"t": "tmpl"})).next_items()

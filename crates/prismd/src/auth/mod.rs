@@ -153,6 +153,32 @@ fn entry(rec: &ApiKeyRecord) -> Option<KeyEntry> {
     })
 }
 
+/// Hex digits of a key's id and of its secret.
+const KEY_ID_HEX: usize = 12;
+const KEY_SECRET_HEX: usize = 64;
+
+/// The same key in the E2B SDKs' format, `e2b_<hex>` (some SDK versions refuse any other
+/// shape): `prism_<id>_<secret>` → `e2b_<id><secret>`.
+pub fn e2b_form(key: &str) -> Option<String> {
+    let (id, secret) = key.strip_prefix("prism_")?.split_once('_')?;
+    (id.len() == KEY_ID_HEX && secret.len() == KEY_SECRET_HEX).then(|| format!("e2b_{id}{secret}"))
+}
+
+/// A presented key in Prism's own form: `e2b_<id><secret>` (see [`e2b_form`]) becomes
+/// `prism_<id>_<secret>`; anything else is returned as it is.
+fn canonical_key(key: &str) -> std::borrow::Cow<'_, str> {
+    match key.strip_prefix("e2b_") {
+        Some(hex)
+            if hex.len() == KEY_ID_HEX + KEY_SECRET_HEX
+                && hex.bytes().all(|b| b.is_ascii_hexdigit()) =>
+        {
+            let (id, secret) = hex.split_at(KEY_ID_HEX);
+            format!("prism_{id}_{secret}").into()
+        }
+        _ => key.into(),
+    }
+}
+
 /// The key's id, from `prism_<id>_<secret>`.
 fn key_id(key: &str) -> Option<&str> {
     let rest = key.strip_prefix("prism_")?;
@@ -247,6 +273,8 @@ impl Auth {
             )
         })?;
         let invalid = || unauthorized("invalid or revoked API key");
+        let key = canonical_key(key);
+        let key = key.as_ref();
         let id = key_id(key).ok_or_else(invalid)?;
         let keys = self.keys.read().unwrap_or_else(|e| e.into_inner());
         let e = keys.get(id).ok_or_else(invalid)?;
@@ -278,8 +306,8 @@ impl Auth {
         name: &str,
         project: Option<&str>,
     ) -> Result<(String, ApiKeyRecord), AppError> {
-        let id = hex(&self.random(6)?);
-        let key = format!("prism_{id}_{}", hex(&self.random(32)?));
+        let id = hex(&self.random(KEY_ID_HEX / 2)?);
+        let key = format!("prism_{id}_{}", hex(&self.random(KEY_SECRET_HEX / 2)?));
         let hash = sha256(key.as_bytes());
         let rec = ApiKeyRecord {
             id: id.clone(),
@@ -410,7 +438,15 @@ mod tests {
         let forged = format!("prism_{}_{}", rec.id, "0".repeat(64));
         assert!(a.authenticate(&bearer(&forged)).is_err());
         assert!(a.authenticate(&HeaderMap::new()).is_err());
+        // The E2B form of the same key is the same key; a forged one is not.
+        let e2b = e2b_form(&key).unwrap();
+        assert!(e2b.starts_with("e2b_") && e2b[4..].bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_eq!(a.authenticate(&bearer(&e2b)).unwrap(), c);
+        let forged = format!("e2b_{}{}", rec.id, "0".repeat(64));
+        assert!(a.authenticate(&bearer(&forged)).is_err());
+        assert!(a.authenticate(&bearer("e2b_00")).is_err());
         assert!(a.revoke_key(&rec.id).unwrap());
+        assert!(a.authenticate(&bearer(&e2b)).is_err());
         assert_eq!(
             a.authenticate(&bearer(&key)).unwrap_err().status,
             StatusCode::UNAUTHORIZED

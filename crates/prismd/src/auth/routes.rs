@@ -75,6 +75,7 @@ pub async fn create_key(
     Ok((
         StatusCode::CREATED,
         Json(CreatedApiKey {
+            e2b_key: super::e2b_form(&key).unwrap_or_default(),
             key,
             info: view(&rec),
         }),

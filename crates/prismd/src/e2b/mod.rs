@@ -112,6 +112,13 @@ pub async fn data_plane(State(st): State<AppState>, req: Request, next: Next) ->
                 .into_response();
         }
     };
+    // Some SDK versions (e2b 2.26's connect) send control-plane calls with the data-plane
+    // headers; envd has no such paths, so they go to the control plane as E2B's API serves them.
+    let path = req.uri().path();
+    if port == ENVD_PORT && (path.starts_with("/sandboxes/") || path.starts_with("/v2/sandboxes/"))
+    {
+        return next.run(req).await;
+    }
     if let Err(e) = data_plane_allowed(&st, &id, port, req.headers()) {
         return e.into_response();
     }

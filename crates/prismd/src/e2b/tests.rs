@@ -324,6 +324,18 @@ async fn data_plane_is_routed_by_headers() {
         )
         .await;
     assert_eq!(s, StatusCode::BAD_GATEWAY, "{v}");
+    // ... except E2B control-plane paths sent with envd's headers (e2b 2.26's connect does):
+    // envd has no such path, so they are the control plane's.
+    let (s, _, v) = t
+        .call(
+            Method::POST,
+            &format!("/sandboxes/{id}/connect"),
+            &[("e2b-sandbox-id", &id), ("e2b-sandbox-port", "49983")],
+            Some(r#"{"timeout":60}"#),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["sandboxID"], id.as_str());
     // A sandbox that is gone answers 502 on both envd and the code interpreter, like E2B.
     t.call(Method::DELETE, &format!("/sandboxes/{id}"), &[], None)
         .await;
