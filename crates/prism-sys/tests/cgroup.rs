@@ -129,15 +129,15 @@ fn limits_are_written_and_read_back() -> TestResult {
     f.cgroups.create("limits", &limits)?; // idempotent
     match f.cgroups.version() {
         CgroupVersion::V1 { .. } => {
-            assert_eq!(f.read("limits", "cpu", "cpu.cfs_quota_us"), "50000");
-            assert_eq!(f.read("limits", "cpu", "cpu.cfs_period_us"), "100000");
+            assert_eq!(f.read("limits", "cpu", "cpu.cfs_quota_us"), "5000");
+            assert_eq!(f.read("limits", "cpu", "cpu.cfs_period_us"), "10000");
             assert_eq!(
                 f.read("limits", "memory", "memory.limit_in_bytes"),
                 "67108864"
             );
         }
         CgroupVersion::V2 => {
-            assert_eq!(f.read("limits", "", "cpu.max"), "50000 100000");
+            assert_eq!(f.read("limits", "", "cpu.max"), "5000 10000");
             assert_eq!(f.read("limits", "", "memory.max"), "67108864");
         }
     }

@@ -242,18 +242,30 @@ fn is_safe_component(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
 }
 
-/// CFS period used for CPU quotas, in microseconds.
+/// CFS period of a sandbox without a CPU quota (the kernel's default), in microseconds.
 const CPU_PERIOD_US: u64 = 100_000;
+/// CFS period of a sandbox with a quota of at least [`SHORT_PERIOD_MIN_CORES`]. A short period
+/// keeps a throttled hog's bursts short: with 100 ms, 8 busy threads under a 0.5-core quota
+/// run both cores flat for 25 ms at a time and a neighbour's exec latency went to 2.5-3.8x;
+/// with 10 ms it stayed at 1.2-1.9x (adversarial `cpu_hog_does_not_starve_a_neighbour`, 2 cores).
+const SHORT_CPU_PERIOD_US: u64 = 10_000;
+/// Below this quota the short period would need less than the kernel's 1 ms minimum quota.
+const SHORT_PERIOD_MIN_CORES: f64 = 0.1;
 
-/// Converts a quota in cores to microseconds per [`CPU_PERIOD_US`] (kernel minimum 1 ms).
-fn cpu_quota_us(cores: f64) -> Result<u64, CgroupError> {
+/// Converts a quota in cores to `(quota, period)` in microseconds (kernel minimum quota 1 ms).
+fn cpu_quota_us(cores: f64) -> Result<(u64, u64), CgroupError> {
     if !cores.is_finite() || cores <= 0.0 || cores > 4096.0 {
         return Err(CgroupError::InvalidLimit("cpu"));
     }
+    let period = if cores >= SHORT_PERIOD_MIN_CORES {
+        SHORT_CPU_PERIOD_US
+    } else {
+        CPU_PERIOD_US
+    };
     // Bounded above by 4096 cores * 100_000 us, far below u64::MAX.
     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-    let quota = (cores * CPU_PERIOD_US as f64).round() as u64;
-    Ok(quota.max(1_000))
+    let quota = (cores * period as f64).round() as u64;
+    Ok((quota.max(1_000), period))
 }
 
 fn check_limits(limits: &CgroupLimits) -> Result<(), CgroupError> {
@@ -396,9 +408,18 @@ mod tests {
 
     #[test]
     fn cpu_quota_converts_cores_to_microseconds() {
-        assert_eq!(cpu_quota_us(0.2).ok(), Some(20_000));
-        assert_eq!(cpu_quota_us(2.0).ok(), Some(200_000));
-        assert_eq!(cpu_quota_us(0.001).ok(), Some(1_000), "kernel minimum");
+        assert_eq!(cpu_quota_us(0.2).ok(), Some((2_000, 10_000)));
+        assert_eq!(cpu_quota_us(2.0).ok(), Some((20_000, 10_000)));
+        assert_eq!(
+            cpu_quota_us(0.05).ok(),
+            Some((5_000, 100_000)),
+            "long period"
+        );
+        assert_eq!(
+            cpu_quota_us(0.001).ok(),
+            Some((1_000, 100_000)),
+            "kernel minimum"
+        );
         for bad in [0.0, -1.0, f64::NAN, f64::INFINITY, 1e9] {
             assert!(cpu_quota_us(bad).is_err(), "{bad}");
         }

@@ -128,11 +128,16 @@ impl V1Manager {
         let files = self.files();
 
         let cpu = self.dir(&self.hierarchies.cpu, id);
-        files.write(&cpu.join("cpu.cfs_period_us"), &CPU_PERIOD_US.to_string())?;
-        let quota = match limits.cpu_quota {
-            Some(cores) => cpu_quota_us(cores)?.to_string(),
-            None => "-1".to_owned(),
+        let (quota, period) = match limits.cpu_quota {
+            Some(cores) => {
+                let (q, p) = cpu_quota_us(cores)?;
+                (q.to_string(), p)
+            }
+            None => ("-1".to_owned(), CPU_PERIOD_US),
         };
+        // Lower the quota first: a period shorter than the quota in place is refused otherwise.
+        files.write(&cpu.join("cpu.cfs_quota_us"), "-1")?;
+        files.write(&cpu.join("cpu.cfs_period_us"), &period.to_string())?;
         files.write(&cpu.join("cpu.cfs_quota_us"), &quota)?;
 
         self.apply_memory(id, limits.memory_bytes)?;
@@ -458,8 +463,8 @@ mod tests {
     fn create_writes_limits_in_every_hierarchy() -> Result<(), CgroupError> {
         let (t, m) = hybrid(true);
         m.create("a", &limits())?;
-        assert_eq!(t.read(&at("cpu", "cpu.cfs_period_us")), "100000");
-        assert_eq!(t.read(&at("cpu", "cpu.cfs_quota_us")), "20000");
+        assert_eq!(t.read(&at("cpu", "cpu.cfs_period_us")), "10000");
+        assert_eq!(t.read(&at("cpu", "cpu.cfs_quota_us")), "2000");
         assert_eq!(t.read(&at("memory", "memory.limit_in_bytes")), "67108864");
         assert_eq!(
             t.read(&at("memory", "memory.memsw.limit_in_bytes")),
@@ -486,6 +491,7 @@ mod tests {
         assert_eq!(t.read(&at("memory", "memory.limit_in_bytes")), "134217728");
         m.create("a", &CgroupLimits::default())?;
         assert_eq!(t.read(&at("cpu", "cpu.cfs_quota_us")), "-1");
+        assert_eq!(t.read(&at("cpu", "cpu.cfs_period_us")), "100000");
         assert_eq!(t.read(&at("memory", "memory.limit_in_bytes")), UNLIMITED);
         assert_eq!(
             t.read(&at("memory", "memory.memsw.limit_in_bytes")),

@@ -90,11 +90,14 @@ impl V2Manager {
 
     fn apply(&self, dir: &Path, limits: &CgroupLimits) -> Result<(), CgroupError> {
         let files = self.files();
-        let quota = match limits.cpu_quota {
-            Some(cores) => cpu_quota_us(cores)?.to_string(),
-            None => "max".to_owned(),
+        let (quota, period) = match limits.cpu_quota {
+            Some(cores) => {
+                let (q, p) = cpu_quota_us(cores)?;
+                (q.to_string(), p)
+            }
+            None => ("max".to_owned(), CPU_PERIOD_US),
         };
-        files.write(&dir.join("cpu.max"), &format!("{quota} {CPU_PERIOD_US}"))?;
+        files.write(&dir.join("cpu.max"), &format!("{quota} {period}"))?;
 
         let memory = limits
             .memory_bytes
@@ -320,7 +323,7 @@ mod tests {
             t.read(&format!("{ROOT}/prism-test/cgroup.subtree_control")),
             "+cpu +memory +pids"
         );
-        assert_eq!(t.read(&format!("{A}/cpu.max")), "150000 100000");
+        assert_eq!(t.read(&format!("{A}/cpu.max")), "15000 10000");
         assert_eq!(t.read(&format!("{A}/memory.max")), "67108864");
         assert_eq!(t.read(&format!("{A}/memory.swap.max")), "0");
         assert_eq!(t.read(&format!("{A}/pids.max")), "10");
