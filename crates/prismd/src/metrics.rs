@@ -114,7 +114,18 @@ async fn gauges(st: &AppState) -> Result<(), AppError> {
                 .set(m.cpu_usage_ns as f64 / 1e9);
             metrics::gauge!("prism_sandbox_memory_bytes", "sandbox" => id.clone())
                 .set(m.memory_bytes as f64);
-            metrics::gauge!("prism_sandbox_pids", "sandbox" => id).set(m.pids as f64);
+            metrics::gauge!("prism_sandbox_pids", "sandbox" => id.clone()).set(m.pids as f64);
+            if let Some(n) = m.network {
+                for (name, v) in [
+                    ("prism_sandbox_network_rx_bytes", n.rx_bytes),
+                    ("prism_sandbox_network_rx_packets", n.rx_packets),
+                    ("prism_sandbox_network_tx_bytes", n.tx_bytes),
+                    ("prism_sandbox_network_tx_packets", n.tx_packets),
+                    ("prism_sandbox_dns_dropped", n.dns_dropped),
+                ] {
+                    metrics::gauge!(name, "sandbox" => id.clone()).set(v as f64);
+                }
+            }
         }
     }
     Ok(())
