@@ -121,7 +121,13 @@ mod tests {
         assert_eq!(p.slot_of_host(s.sandbox), None);
         assert_eq!(p.slot_of_host(Ipv4Addr::new(100, 97, 0, 1)), None);
         assert!(p.slot(16384).is_none());
-        for bad in ["100.96.0.1/16", "100.96.0.0/30", "x/16", "100.96.0.0", "1.0.0.0/7"] {
+        for bad in [
+            "100.96.0.1/16",
+            "100.96.0.0/30",
+            "x/16",
+            "100.96.0.0",
+            "1.0.0.0/7",
+        ] {
             assert!(Pool::parse(bad).is_err(), "{bad}");
         }
         let taken = [0, 1, 3].into_iter().collect();

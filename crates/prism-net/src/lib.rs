@@ -186,7 +186,10 @@ impl Network {
         };
         if cfg.table.is_empty()
             || cfg.table.len() > 32
-            || !cfg.table.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            || !cfg
+                .table
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
         {
             return Err(NetError::Table(cfg.table.clone()));
         }
@@ -259,7 +262,12 @@ impl Network {
             }
         }
         self.dns
-            .ensure(id, SocketAddr::new(IpAddr::V4(slot.host), 53), slot.sandbox, dns_policy)
+            .ensure(
+                id,
+                SocketAddr::new(IpAddr::V4(slot.host), 53),
+                slot.sandbox,
+                dns_policy,
+            )
             .await?;
         tracing::info!(message = "sandbox network attached", sandbox_id = %id, %ifname, address = %slot.sandbox);
         Ok(Some(Attachment {
@@ -372,7 +380,10 @@ mod tests {
             panic!("allow");
         };
         assert_eq!(cidrs.len(), 1);
-        assert_eq!(host_ports, vec![("198.51.100.2".parse().unwrap_or(IpAddr::from([0; 4])), 8080)]);
+        assert_eq!(
+            host_ports,
+            vec![("198.51.100.2".parse().unwrap_or(IpAddr::from([0; 4])), 8080)]
+        );
         assert_eq!(rules.len(), 2);
         assert_eq!(rules[1].port, Some(443));
     }

@@ -106,7 +106,11 @@ pub async fn create(host: &Handle, pid: u32, host_if: &str, slot: &Slot) -> Resu
         .map_err(nl("bring the sandbox end up"))?;
     inside
         .route()
-        .add(RouteMessageBuilder::<Ipv4Addr>::new().gateway(slot.host).build())
+        .add(
+            RouteMessageBuilder::<Ipv4Addr>::new()
+                .gateway(slot.host)
+                .build(),
+        )
         .execute()
         .await
         .map_err(nl("add the default route"))?;

@@ -4,16 +4,16 @@
 //! table inet prism
 //!   map ifaces    { type ifname : verdict }   "prsb…" : jump sb-<id>     (forward hook)
 //!   map ifaces_in { type ifname : verdict }   "prsb…" : jump sbin-<id>   (input hook)
-//!   chain forward  hook forward: replies to sandboxes pass, new flows to them drop,
-//!                  then each sandbox's traffic goes to its chain; unknown prsb* drop
-//!   chain input    hook input: each sandbox's traffic to the host goes to its sbin chain
+//!   chain forward  replies to the pool pass, new flows to it drop, then each sandbox's
+//!                  traffic goes to its chain; anything else from the pool drops
+//!   chain input    each sandbox's traffic to the host goes to its sbin chain; else drop
 //!   chain sb-<id>    anti-spoofing, replies, then the mode (open: no private/host ranges;
 //!                    allow: only the listed ranges, host:port pairs and the DNS sets)
 //!   chain sbin-<id>  anti-spoofing, replies, DNS to its host end, else drop
 //!   set sb-<id>-d4   { ipv4_addr, timeout }                 addresses of allowed domains
 //!   set sb-<id>-dp4  { ipv4_addr . inet_service, timeout }  addresses of allowed name:port
 //! table ip prism_nat
-//!   chain postrouting  masquerade of the pool towards anything but sandboxes
+//!   chain postrouting  masquerade of the pool towards anything outside it
 //! ```
 
 use std::fmt::Write as _;
@@ -119,12 +119,7 @@ add rule {n} postrouting ip saddr {p} ip daddr != {p} masquerade
 
 /// Create or replace the chains and sets of one sandbox and hook them to its interface.
 pub fn sandbox_script(table: &str, r: &SandboxRules, pool: &Pool) -> String {
-    let (c, cin, d4, dp4) = (
-        chain(&r.id),
-        chain_in(&r.id),
-        set_d4(&r.id),
-        set_dp4(&r.id),
-    );
+    let (c, cin, d4, dp4) = (chain(&r.id), chain_in(&r.id), set_d4(&r.id), set_dp4(&r.id));
     let t = format!("inet {table}");
     let mut s = String::new();
     let mut line = |l: String| {
@@ -145,7 +140,10 @@ pub fn sandbox_script(table: &str, r: &SandboxRules, pool: &Pool) -> String {
     line(format!("flush set {t} {dp4}"));
     line(format!("add rule {t} {c} meta nfproto ipv6 drop"));
     for name in [&c, &cin] {
-        line(format!("add rule {t} {name} ip saddr != {} drop", r.sandbox));
+        line(format!(
+            "add rule {t} {name} ip saddr != {} drop",
+            r.sandbox
+        ));
         line(format!(
             "add rule {t} {name} ct state established,related accept"
         ));
@@ -167,7 +165,9 @@ pub fn sandbox_script(table: &str, r: &SandboxRules, pool: &Pool) -> String {
         Policy::Allow { cidrs, host_ports } => {
             for (addr, prefix) in cidrs {
                 let fam = family(addr);
-                line(format!("add rule {t} {c} {fam} daddr {addr}/{prefix} accept"));
+                line(format!(
+                    "add rule {t} {c} {fam} daddr {addr}/{prefix} accept"
+                ));
             }
             for (addr, port) in host_ports {
                 let fam = family(addr);
@@ -219,7 +219,11 @@ pub fn dns_elements_script(
             None => format!("{a} timeout {timeout_s}s"),
         })
         .collect();
-    let set = if port.is_some() { set_dp4(id) } else { set_d4(id) };
+    let set = if port.is_some() {
+        set_dp4(id)
+    } else {
+        set_d4(id)
+    };
     let keys: Vec<String> = addrs
         .iter()
         .map(|a| match port {
@@ -274,7 +278,10 @@ pub fn list_objects(table: &str) -> Result<Vec<String>, NetError> {
     if let Some(items) = v.get("nftables").and_then(|x| x.as_array()) {
         for item in items {
             for kind in ["chain", "set", "map"] {
-                if let Some(n) = item.get(kind).and_then(|o| o.get("name")).and_then(|n| n.as_str())
+                if let Some(n) = item
+                    .get(kind)
+                    .and_then(|o| o.get("name"))
+                    .and_then(|n| n.as_str())
                 {
                     names.push(n.to_string());
                 }
@@ -312,7 +319,10 @@ pub fn remove(table: &str, id: &str, ifname: &str, objects: &[String]) -> Result
     let mut s = String::new();
     for n in &mine {
         if n.as_str() == chain(id) || n.as_str() == chain_in(id) {
-            let _ = writeln!(s, "flush chain inet {table} {n}\ndelete chain inet {table} {n}");
+            let _ = writeln!(
+                s,
+                "flush chain inet {table} {n}\ndelete chain inet {table} {n}"
+            );
         }
     }
     for n in &mine {
@@ -370,8 +380,7 @@ mod tests {
         assert!(!s.contains("169.254.0.0/16"));
         let last_sb = s
             .lines()
-            .filter(|l| l.starts_with("add rule inet prism sb-abc "))
-            .last()
+            .rfind(|l| l.starts_with("add rule inet prism sb-abc "))
             .unwrap_or_default();
         assert_eq!(last_sb, "add rule inet prism sb-abc drop");
     }
@@ -398,9 +407,18 @@ mod tests {
     fn dns_elements_carry_their_timeout() {
         let a = [Ipv4Addr::new(198, 51, 100, 7)];
         let s = dns_elements_script("prism", "x", &a, None, 60);
-        assert!(s.ends_with("add element inet prism sb-x-d4 { 198.51.100.7 timeout 60s }\n"), "{s}");
-        assert!(s.contains("delete element inet prism sb-x-d4 { 198.51.100.7 }"), "{s}");
+        assert!(
+            s.ends_with("add element inet prism sb-x-d4 { 198.51.100.7 timeout 60s }\n"),
+            "{s}"
+        );
+        assert!(
+            s.contains("delete element inet prism sb-x-d4 { 198.51.100.7 }"),
+            "{s}"
+        );
         let s = dns_elements_script("prism", "x", &a, Some(443), 90);
-        assert!(s.ends_with("add element inet prism sb-x-dp4 { 198.51.100.7 . 443 timeout 90s }\n"), "{s}");
+        assert!(
+            s.ends_with("add element inet prism sb-x-dp4 { 198.51.100.7 . 443 timeout 90s }\n"),
+            "{s}"
+        );
     }
 }

@@ -14,7 +14,9 @@ struct Table(String);
 impl Drop for Table {
     fn drop(&mut self) {
         for (fam, name) in [("inet", self.0.clone()), ("ip", format!("{}_nat", self.0))] {
-            let _ = Command::new("nft").args(["delete", "table", fam, &name]).status();
+            let _ = Command::new("nft")
+                .args(["delete", "table", fam, &name])
+                .status();
         }
     }
 }
@@ -38,12 +40,25 @@ fn scripts_are_accepted_by_nft_and_removal_leaves_only_the_base() {
         policy,
         dns: true,
     };
-    nft::apply(&nft::sandbox_script(t, &rules("aaa", 0, Policy::Open), &pool)).unwrap();
+    nft::apply(&nft::sandbox_script(
+        t,
+        &rules("aaa", 0, Policy::Open),
+        &pool,
+    ))
+    .unwrap();
     let allow = Policy::Allow {
-        cidrs: vec![("10.99.0.0".parse().unwrap(), 16), ("fd00::".parse().unwrap(), 8)],
+        cidrs: vec![
+            ("10.99.0.0".parse().unwrap(), 16),
+            ("fd00::".parse().unwrap(), 8),
+        ],
         host_ports: vec![("198.51.100.2".parse().unwrap(), 8080)],
     };
-    nft::apply(&nft::sandbox_script(t, &rules("bbb", 1, allow.clone()), &pool)).unwrap();
+    nft::apply(&nft::sandbox_script(
+        t,
+        &rules("bbb", 1, allow.clone()),
+        &pool,
+    ))
+    .unwrap();
     // Re-applying (a mode change) replaces, it does not fail or duplicate.
     nft::apply(&nft::sandbox_script(t, &rules("bbb", 1, allow), &pool)).unwrap();
     nft::apply(&nft::base_script(t, &pool)).unwrap();
@@ -53,13 +68,29 @@ fn scripts_are_accepted_by_nft_and_removal_leaves_only_the_base() {
         nft::apply(&nft::dns_elements_script(t, "bbb", &a, Some(443), 60)).unwrap();
     }
     let listed = String::from_utf8(
-        Command::new("nft").args(["list", "table", "inet", t]).output().unwrap().stdout,
+        Command::new("nft")
+            .args(["list", "table", "inet", t])
+            .output()
+            .unwrap()
+            .stdout,
     )
     .unwrap();
     assert!(listed.contains("198.51.100.3 timeout 1m"), "{listed}");
-    assert_eq!(listed.matches("ip daddr 10.99.0.0/16 accept").count(), 1, "{listed}");
+    assert_eq!(
+        listed.matches("ip daddr 10.99.0.0/16 accept").count(),
+        1,
+        "{listed}"
+    );
     let objects = nft::list_objects(t).unwrap();
-    for o in ["sb-aaa", "sbin-aaa", "sb-bbb", "sb-bbb-d4", "sb-bbb-dp4", "forward", "ifaces"] {
+    for o in [
+        "sb-aaa",
+        "sbin-aaa",
+        "sb-bbb",
+        "sb-bbb-d4",
+        "sb-bbb-dp4",
+        "forward",
+        "ifaces",
+    ] {
         assert!(objects.iter().any(|x| x == o), "{o} not in {objects:?}");
     }
     nft::remove(t, "aaa", &host_ifname("aaa"), &objects).unwrap();
@@ -67,7 +98,11 @@ fn scripts_are_accepted_by_nft_and_removal_leaves_only_the_base() {
     let left = nft::list_objects(t).unwrap();
     assert!(left.iter().all(|o| nft::owner_of(o).is_none()), "{left:?}");
     let listed = String::from_utf8(
-        Command::new("nft").args(["list", "table", "inet", t]).output().unwrap().stdout,
+        Command::new("nft")
+            .args(["list", "table", "inet", t])
+            .output()
+            .unwrap()
+            .stdout,
     )
     .unwrap();
     assert!(!listed.contains("prsb"), "map elements left: {listed}");

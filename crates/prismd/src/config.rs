@@ -188,7 +188,11 @@ fn net_settings(flags: &Flags, file: &FileConfig) -> Result<NetSettings, ConfigE
         .clone()
         .unwrap_or_else(|| prism_net::addr::DEFAULT_POOL.to_string());
     prism_net::Pool::parse(&pool).map_err(|e| ConfigError::Network(e.to_string()))?;
-    let dns_upstream = match flags.dns_upstream.clone().or_else(|| file.dns_upstream.clone()) {
+    let dns_upstream = match flags
+        .dns_upstream
+        .clone()
+        .or_else(|| file.dns_upstream.clone())
+    {
         None => None,
         Some(s) => Some(
             s.parse::<std::net::SocketAddr>()
@@ -197,9 +201,7 @@ fn net_settings(flags: &Flags, file: &FileConfig) -> Result<NetSettings, ConfigE
                         .map(|ip| std::net::SocketAddr::new(ip, 53))
                 })
                 .map_err(|_| {
-                    ConfigError::Network(format!(
-                        "dns_upstream {s:?} is not ADDR or ADDR:PORT"
-                    ))
+                    ConfigError::Network(format!("dns_upstream {s:?} is not ADDR or ADDR:PORT"))
                 })?,
         ),
     };

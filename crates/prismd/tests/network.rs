@@ -291,7 +291,10 @@ async fn open_and_allow_reach_exactly_what_they_should_and_leave_nothing_behind(
         .to_string();
     assert!(b_ip.starts_with("100."), "sandbox b's address: {b_ip:?}");
     let a_host = probe(&c, "neta", &[t("dns:open.test")]).await["dns:open.test"].clone();
-    assert_eq!(a_host, "198.51.100.2", "open sandboxes resolve through the Prism DNS");
+    assert_eq!(
+        a_host, "198.51.100.2",
+        "open sandboxes resolve through the Prism DNS"
+    );
     let resolv = c
         .exec(
             "neta",
@@ -319,7 +322,12 @@ async fn open_and_allow_reach_exactly_what_they_should_and_leave_nothing_behind(
     ];
     targets.extend(host_addrs.iter().cloned());
     let got = probe(&c, "neta", &targets).await;
-    let mut want = vec![(&pub2, true), (&int, false), (&md, false), (&host_pub, false)];
+    let mut want = vec![
+        (&pub2, true),
+        (&int, false),
+        (&md, false),
+        (&host_pub, false),
+    ];
     let gw = format!("{ns}:{host_port}");
     let other = format!("{b_ip}:9000");
     want.push((&gw, false));
@@ -349,7 +357,7 @@ async fn open_and_allow_reach_exactly_what_they_should_and_leave_nothing_behind(
     let mode = format!("allow={internal_ip}/32,198.51.100.2:8080,allowed.test");
     let al = c.create(&create_req("netc", &mode)).await.unwrap();
     assert_eq!(al.network, mode);
-    let before = probe(&c, "netc", &[pub3.clone()]).await;
+    let before = probe(&c, "netc", std::slice::from_ref(&pub3)).await;
     expect(&before, &[(&pub3, false)], "allow before resolving");
     let dns_ok = t("dns:allowed.test");
     let dns_no = t("dns:denied.test");
@@ -359,7 +367,15 @@ async fn open_and_allow_reach_exactly_what_they_should_and_leave_nothing_behind(
     let got = probe(
         &c,
         "netc",
-        &[int.clone(), pub2.clone(), pub2b.clone(), pub3.clone(), pub4.clone(), md.clone(), gw.clone()],
+        &[
+            int.clone(),
+            pub2.clone(),
+            pub2b.clone(),
+            pub3.clone(),
+            pub4.clone(),
+            md.clone(),
+            gw.clone(),
+        ],
     )
     .await;
     expect(
@@ -381,7 +397,12 @@ async fn open_and_allow_reach_exactly_what_they_should_and_leave_nothing_behind(
         .exec(
             "netc",
             &ExecRequest {
-                cmd: Some(vec!["python3".into(), "-c".into(), FLOOD.into(), "3000".into()]),
+                cmd: Some(vec![
+                    "python3".into(),
+                    "-c".into(),
+                    FLOOD.into(),
+                    "3000".into(),
+                ]),
                 ..Default::default()
             },
         )
@@ -399,11 +420,14 @@ async fn open_and_allow_reach_exactly_what_they_should_and_leave_nothing_behind(
     assert!(dropped > 100, "only {dropped} of 3000 queries dropped");
     c.ready().await.unwrap();
     let got = probe(&c, "neta", &[t("dns:open.test")]).await;
-    assert_eq!(got["dns:open.test"], "198.51.100.2", "another sandbox's DNS after a flood");
+    assert_eq!(
+        got["dns:open.test"], "198.51.100.2",
+        "another sandbox's DNS after a flood"
+    );
 
     // ---- runtime change: none → open → none, no restart ----
     let dd = c.create(&create_req("netd", "none")).await.unwrap();
-    let got = probe(&c, "netd", &[pub2.clone()]).await;
+    let got = probe(&c, "netd", std::slice::from_ref(&pub2)).await;
     expect(&got, &[(&pub2, false)], "none");
     let out = std::process::Command::new(support::prismctl())
         .args(["--api", &d.url(), "network", "netd", "open"])
@@ -415,7 +439,7 @@ async fn open_and_allow_reach_exactly_what_they_should_and_leave_nothing_behind(
     assert_eq!(c.get("netd").await.unwrap().network, "open");
     let sb = c.set_network("netd", "none").await.unwrap();
     assert_eq!(sb.network, "none");
-    let got = probe(&c, "netd", &[pub2.clone()]).await;
+    let got = probe(&c, "netd", std::slice::from_ref(&pub2)).await;
     expect(&got, &[(&pub2, false)], "open → none");
     assert!(!links().contains(&prism_net::host_ifname(&dd.id)));
     // Bad input.
@@ -455,19 +479,31 @@ async fn open_and_allow_reach_exactly_what_they_should_and_leave_nothing_behind(
     let slot = pool.slot(pool.slots() - 1).unwrap();
     let tbl = d.nft_table.clone();
     let nft = |s: &str| {
-        let ok = std::process::Command::new("nft").arg(s).status().unwrap().success();
+        let ok = std::process::Command::new("nft")
+            .arg(s)
+            .status()
+            .unwrap()
+            .success();
         assert!(ok, "{s}");
     };
     nft(&format!("add chain inet {tbl} sb-{dead}"));
-    nft(&format!("add set inet {tbl} sb-{dead}-d4 {{ type ipv4_addr; }}"));
+    nft(&format!(
+        "add set inet {tbl} sb-{dead}-d4 {{ type ipv4_addr; }}"
+    ));
     let peer = format!("ptz{}", hosts.tag);
     hosts.own_link(&dead_if);
     for args in [
-        vec!["link", "add", &dead_if, "type", "veth", "peer", "name", &peer],
+        vec![
+            "link", "add", &dead_if, "type", "veth", "peer", "name", &peer,
+        ],
         vec!["addr", "add", &format!("{}/30", slot.host), "dev", &dead_if],
     ] {
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        let ok = std::process::Command::new("ip").args(&args).status().unwrap().success();
+        let ok = std::process::Command::new("ip")
+            .args(&args)
+            .status()
+            .unwrap()
+            .success();
         assert!(ok, "{args:?}");
     }
     let d2 = Daemon::start_with(dir.path(), &extra).await;
@@ -483,7 +519,11 @@ async fn open_and_allow_reach_exactly_what_they_should_and_leave_nothing_behind(
     .await;
     // The adopted open sandbox still reaches the internet and resolves (forwarder restored).
     let got = probe(&c, "neta", &[pub2.clone(), md.clone(), t("dns:open.test")]).await;
-    expect(&got, &[(&pub2, true), (&md, false)], "open after a daemon restart");
+    expect(
+        &got,
+        &[(&pub2, true), (&md, false)],
+        "open after a daemon restart",
+    );
     assert_eq!(got["dns:open.test"], "198.51.100.2");
     for id in [&a.id, &b.id, &dd.id] {
         c.destroy(id).await.unwrap();
@@ -491,7 +531,10 @@ async fn open_and_allow_reach_exactly_what_they_should_and_leave_nothing_behind(
     let table = nft_table(&tbl);
     for id in [&a.id, &b.id, &al.id, &dd.id] {
         assert!(!table.contains(id.as_str()), "{id} left in {table}");
-        assert!(!links().contains(&prism_net::host_ifname(id)), "{id}'s link left");
+        assert!(
+            !links().contains(&prism_net::host_ifname(id)),
+            "{id}'s link left"
+        );
     }
     drop(hosts);
 }

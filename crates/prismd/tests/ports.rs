@@ -230,7 +230,10 @@ async fn port_proxy_works_in_open_and_allow_modes_too() {
         })
         .await;
         assert_eq!(echoed["target"], "/hi", "{mode}");
-        let ws_url = format!("ws://127.0.0.1:{}/v1/sandboxes/{name}/ports/8000/ws", d.port);
+        let ws_url = format!(
+            "ws://127.0.0.1:{}/v1/sandboxes/{name}/ports/8000/ws",
+            d.port
+        );
         let (mut ws, _) = tokio_tungstenite::connect_async(&ws_url).await.unwrap();
         ws.send(Message::text("x")).await.unwrap();
         let got = ws.next().await.unwrap().unwrap();

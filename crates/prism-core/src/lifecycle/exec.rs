@@ -322,13 +322,15 @@ impl SandboxManager {
             pids: s.pids,
             oom_kills: s.oom_kills,
             disk_bytes: s.disk_bytes,
-            network: self.net_counters(&handle_id).map(|n| prism_types::NetworkCounters {
-                rx_bytes: n.rx_bytes,
-                rx_packets: n.rx_packets,
-                tx_bytes: n.tx_bytes,
-                tx_packets: n.tx_packets,
-                dns_dropped: n.dns_dropped,
-            }),
+            network: self
+                .net_counters(&handle_id)
+                .map(|n| prism_types::NetworkCounters {
+                    rx_bytes: n.rx_bytes,
+                    rx_packets: n.rx_packets,
+                    tx_bytes: n.tx_bytes,
+                    tx_packets: n.tx_packets,
+                    dns_dropped: n.dns_dropped,
+                }),
         })
     }
 }

@@ -15,6 +15,8 @@ mod manager;
 #[cfg(test)]
 mod manager_tests;
 pub mod network;
+#[cfg(test)]
+mod network_tests;
 mod passthrough;
 mod pool;
 #[cfg(test)]

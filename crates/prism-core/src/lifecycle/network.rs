@@ -101,10 +101,7 @@ impl SandboxManager {
             return Ok(());
         };
         if mode == NetworkMode::None {
-            return net
-                .detach(&rec.id)
-                .await
-                .map_err(LifecycleError::Network);
+            return net.detach(&rec.id).await.map_err(LifecycleError::Network);
         }
         let ns = net
             .attach(&rec.id, handle.pid, &mode)
@@ -112,7 +109,8 @@ impl SandboxManager {
             .map_err(LifecycleError::Network)?;
         if let Some(ns) = ns {
             let agent = self.agent_of(handle);
-            let text = format!("# written by Prism: the sandbox's DNS forwarder\nnameserver {ns}\n");
+            let text =
+                format!("# written by Prism: the sandbox's DNS forwarder\nnameserver {ns}\n");
             // The file may be a symlink into the host's /run: replace it, never follow it.
             let _ = agent.remove("/etc/resolv.conf").await;
             agent
@@ -221,7 +219,10 @@ impl SandboxManager {
             }
         }
         if !removed.is_empty() {
-            tracing::info!(message = "leftover sandbox networks removed", count = removed.len());
+            tracing::info!(
+                message = "leftover sandbox networks removed",
+                count = removed.len()
+            );
         }
         Ok(removed)
     }

@@ -166,13 +166,18 @@ impl Forwarders {
             && f.listen == listen
             && !f.task.is_finished()
         {
-            *f.policy.write().unwrap_or_else(std::sync::PoisonError::into_inner) = policy;
+            *f.policy
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = policy;
             return Ok(());
         }
         self.stop(id);
         let sock = UdpSocket::bind(listen)
             .await
-            .map_err(|source| NetError::DnsBind { addr: listen, source })?;
+            .map_err(|source| NetError::DnsBind {
+                addr: listen,
+                source,
+            })?;
         let policy = Arc::new(RwLock::new(policy));
         let stats = Arc::new(DnsStats::default());
         let ctx = Arc::new(Ctx {
@@ -265,7 +270,12 @@ async fn serve(ctx: Arc<Ctx>, mut bucket: Bucket) {
 }
 
 /// Ask the upstream; for an `allow` sandbox, open the answered addresses before returning.
-async fn forward(ctx: &Ctx, query: &[u8], q: &wire::Question, ports: &[Option<u16>]) -> Option<Vec<u8>> {
+async fn forward(
+    ctx: &Ctx,
+    query: &[u8],
+    q: &wire::Question,
+    ports: &[Option<u16>],
+) -> Option<Vec<u8>> {
     let bind: SocketAddr = if ctx.upstream.is_ipv4() {
         (Ipv4Addr::UNSPECIFIED, 0).into()
     } else {
@@ -296,7 +306,9 @@ async fn forward(ctx: &Ctx, query: &[u8], q: &wire::Question, ports: &[Option<u1
     let addrs: Vec<Ipv4Addr> = records.iter().map(|r| r.0).collect();
     let mut script = String::new();
     for port in ports {
-        script.push_str(&nft::dns_elements_script(&ctx.table, &ctx.id, &addrs, *port, timeout));
+        script.push_str(&nft::dns_elements_script(
+            &ctx.table, &ctx.id, &addrs, *port, timeout,
+        ));
     }
     match tokio::task::spawn_blocking(move || nft::apply(&script)).await {
         Ok(Ok(())) => Some(answer),

@@ -78,8 +78,12 @@ impl TestHosts {
         for a in on {
             cmd.arg(a.ip().to_string()).arg(a.port().to_string());
         }
-        self.servers
-            .push(cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap());
+        self.servers.push(
+            cmd.stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
         let deadline = Instant::now() + Duration::from_secs(20);
         for a in on {
             while TcpStream::connect_timeout(a, Duration::from_millis(200)).is_err() {
