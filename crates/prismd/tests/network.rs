@@ -352,6 +352,23 @@ async fn open_and_allow_reach_exactly_what_they_should_and_leave_nothing_behind(
     let m = c.metrics("neta").await.unwrap();
     let n = m.network.expect("an open sandbox has network counters");
     assert!(n.tx_packets > 0 && n.rx_packets > 0, "{n:?}");
+    let scrape = reqwest::get(format!("{}/metrics", d.url()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let gauge = format!("prism_sandbox_network_tx_packets{{sandbox=\"{}\"}}", a.id);
+    assert!(scrape.contains(&gauge), "{gauge} missing from /metrics");
+    let stats = std::process::Command::new(support::prismctl())
+        .args(["--api", &d.url(), "stats", "neta"])
+        .output()
+        .unwrap();
+    let stats = String::from_utf8_lossy(&stats.stdout);
+    assert!(
+        stats.contains("NET RX") && stats.contains("NET TX"),
+        "{stats}"
+    );
 
     // ---- allow ----
     let mode = format!("allow={internal_ip}/32,198.51.100.2:8080,allowed.test");
