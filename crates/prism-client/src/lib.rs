@@ -297,6 +297,18 @@ impl Client {
         .await
     }
 
+    /// Change the network mode (`none`, `open`, `allow=…`) of a sandbox.
+    pub async fn set_network(&self, id: &str, network: &str) -> Result<Sandbox> {
+        let body = prism_types::SetNetworkRequest {
+            network: network.to_string(),
+        };
+        self.json(
+            self.req(Method::PATCH, self.sandbox_url(id, &["network"]))
+                .json(&body),
+        )
+        .await
+    }
+
     // ---- processes ----
 
     pub async fn exec(&self, id: &str, req: &ExecRequest) -> Result<ExecResult> {

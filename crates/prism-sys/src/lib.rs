@@ -11,5 +11,6 @@ pub mod ids;
 pub mod launch;
 pub mod loopdev;
 pub mod mount;
+pub mod netns;
 pub mod proc;
 pub mod seccomp;

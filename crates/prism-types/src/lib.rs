@@ -283,6 +283,27 @@ pub struct SandboxMetrics {
     pub io_read_bytes: u64,
     #[serde(default)]
     pub io_write_bytes: u64,
+    /// Traffic of the sandbox's network link (absent in `none` mode: loopback only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkCounters>,
+}
+
+/// Traffic counters of a sandbox's network link, as the sandbox sees it (`rx` = received).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct NetworkCounters {
+    pub rx_bytes: u64,
+    pub rx_packets: u64,
+    pub tx_bytes: u64,
+    pub tx_packets: u64,
+    /// DNS queries the Prism resolver dropped (over the per-sandbox rate).
+    pub dns_dropped: u64,
+}
+
+/// `PATCH /v1/sandboxes/{id}/network` body: the new mode (`none`, `open`, `allow=…`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetNetworkRequest {
+    pub network: String,
 }
 
 /// `GET /v1/info`: what this daemon is.
@@ -380,6 +401,8 @@ pub mod codes {
     /// The proxied server broke the HTTP exchange.
     pub const UPSTREAM_ERROR: &str = "upstream_error";
     pub const RUNTIME_ERROR: &str = "runtime_error";
+    /// The host could not set up or change a sandbox's network.
+    pub const NETWORK_ERROR: &str = "network_error";
     pub const STORAGE_FULL: &str = "storage_full";
     pub const INTERNAL: &str = "internal";
     pub const UNAVAILABLE: &str = "unavailable";

@@ -58,6 +58,8 @@ pub enum Cmd {
     },
     /// Show a sandbox's resource usage.
     Stats { id: String },
+    /// Change a sandbox's network mode at once (none, open, allow=CIDR|HOST:PORT|DOMAIN,...).
+    Network { id: String, mode: String },
     /// Stop sandboxes (their writable layer is kept).
     Stop { ids: Vec<String> },
     /// Start stopped sandboxes.

@@ -263,6 +263,24 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
                     m.io_read_bytes as f64 / 1048576.0,
                     m.io_write_bytes as f64 / 1048576.0
                 );
+                if let Some(n) = m.network {
+                    println!(
+                        "NET RX    {} B ({} packets)\nNET TX    {} B ({} packets)",
+                        n.rx_bytes, n.rx_packets, n.tx_bytes, n.tx_packets
+                    );
+                    if n.dns_dropped > 0 {
+                        println!("DNS DROPPED {}", n.dns_dropped);
+                    }
+                }
+            }
+            Ok(0)
+        }
+        Cmd::Network { id, mode } => {
+            let sb = client.set_network(&id, &mode).await?;
+            if json {
+                print_json(&sb)?;
+            } else {
+                println!("{}\t{}", sb.id, sb.network);
             }
             Ok(0)
         }

@@ -62,6 +62,10 @@ pub struct Flags {
     /// Warm pool TEMPLATE=SIZE (repeatable; replaces the file's pools), e.g. `--pool base=4`.
     #[arg(long = "pool", env = "PRISM_POOLS", value_delimiter = ',')]
     pub pools: Vec<String>,
+    /// Resolver the sandboxes' DNS forwarder asks, ADDR[:PORT] [default: the first nameserver
+    /// of /etc/resolv.conf]
+    #[arg(long, env = "PRISM_DNS_UPSTREAM")]
+    pub dns_upstream: Option<String>,
 }
 
 /// One `[[pools]]` entry of the file.
@@ -94,6 +98,25 @@ pub struct FileConfig {
     pub pool_min_available_mb: Option<u64>,
     pub auth: Option<bool>,
     pub limits: Option<crate::auth::Limits>,
+    /// Host networking for `open`/`allow` sandboxes (default true; needs root and nft).
+    pub networking: Option<bool>,
+    /// IPv4 range of the sandboxes' /30 links (default 100.96.0.0/16).
+    pub network_pool: Option<String>,
+    /// Name of Prism's nftables tables (default `prism`: `inet prism`, `ip prism_nat`).
+    pub nft_table: Option<String>,
+    pub dns_upstream: Option<String>,
+    /// DNS queries per second per sandbox (default 100, bursts of twice that).
+    pub dns_rate: Option<u32>,
+}
+
+/// Host networking settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NetSettings {
+    pub enabled: bool,
+    pub pool: String,
+    pub table: String,
+    pub dns_upstream: Option<std::net::SocketAddr>,
+    pub dns_rate: u32,
 }
 
 /// The effective configuration.
@@ -122,6 +145,7 @@ pub struct Config {
     pub auth: bool,
     /// Rate limits and quotas (with auth on).
     pub limits: crate::auth::Limits,
+    pub network: NetSettings,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -142,6 +166,8 @@ pub enum ConfigError {
     Listen(String),
     #[error("no state directory: set --state-dir, PRISM_STATE_DIR, XDG_STATE_HOME or HOME")]
     NoStateDir,
+    #[error("invalid network setting: {0}")]
+    Network(String),
     #[error("{0} must be at least 1")]
     Zero(&'static str),
     #[error(
@@ -154,6 +180,42 @@ pub enum ConfigError {
          sandbox"
     )]
     Unauthenticated(String),
+}
+
+fn net_settings(flags: &Flags, file: &FileConfig) -> Result<NetSettings, ConfigError> {
+    let pool = file
+        .network_pool
+        .clone()
+        .unwrap_or_else(|| prism_net::addr::DEFAULT_POOL.to_string());
+    prism_net::Pool::parse(&pool).map_err(|e| ConfigError::Network(e.to_string()))?;
+    let dns_upstream = match flags
+        .dns_upstream
+        .clone()
+        .or_else(|| file.dns_upstream.clone())
+    {
+        None => None,
+        Some(s) => Some(
+            s.parse::<std::net::SocketAddr>()
+                .or_else(|_| {
+                    s.parse::<std::net::IpAddr>()
+                        .map(|ip| std::net::SocketAddr::new(ip, 53))
+                })
+                .map_err(|_| {
+                    ConfigError::Network(format!("dns_upstream {s:?} is not ADDR or ADDR:PORT"))
+                })?,
+        ),
+    };
+    let dns_rate = file.dns_rate.unwrap_or(100);
+    if dns_rate == 0 {
+        return Err(ConfigError::Zero("dns_rate"));
+    }
+    Ok(NetSettings {
+        enabled: file.networking.unwrap_or(true),
+        pool,
+        table: file.nft_table.clone().unwrap_or_else(|| "prism".into()),
+        dns_upstream,
+        dns_rate,
+    })
 }
 
 /// Largest warm pool.
@@ -240,6 +302,7 @@ impl Config {
         if janitor_interval_s == 0 {
             return Err(ConfigError::Zero("janitor_interval_s"));
         }
+        let network = net_settings(flags, file)?;
         Ok(Config {
             listen,
             state_dir,
@@ -266,6 +329,7 @@ impl Config {
             pool_min_available_bytes: file.pool_min_available_mb.unwrap_or(512) << 20,
             auth,
             limits: file.limits.unwrap_or_default(),
+            network,
         })
     }
 

@@ -152,6 +152,9 @@ pub async fn run(cfg: Config, runtime: Arc<dyn Runtime>) -> Result<(), DaemonErr
     let manager = SandboxManager::new(store, runtime, Arc::new(ProtoAgents), mcfg)?;
     manager.set_secret_env(Arc::new(crate::auth::secrets::Provider(secrets)));
     manager.set_resolver(Arc::new(crate::resolver::ImageResolver::new(sd)));
+    if cfg.network.enabled {
+        set_up_networking(&manager, &cfg.network).await;
+    }
     let listener = TcpListener::bind(cfg.listen)
         .await
         .map_err(|source| DaemonError::Listen {
@@ -240,6 +243,33 @@ pub async fn run(cfg: Config, runtime: Arc<dyn Runtime>) -> Result<(), DaemonErr
         stop_all(&shutdown_manager).await;
     }
     Ok(())
+}
+
+/// Give the manager host networking; without it (not root, no nft) sandboxes stay in `none`.
+async fn set_up_networking(manager: &SandboxManager, n: &crate::config::NetSettings) {
+    let pool = match prism_net::Pool::parse(&n.pool) {
+        Ok(p) => p,
+        Err(error) => {
+            tracing::error!(message = "sandbox networking disabled", %error);
+            return;
+        }
+    };
+    let cfg = prism_net::NetConfig {
+        table: n.table.clone(),
+        pool,
+        upstream_dns: n.dns_upstream,
+        dns_rate: n.dns_rate,
+    };
+    match prism_net::Network::new(cfg).await {
+        Ok(net) => {
+            tracing::info!(message = "sandbox networking ready", pool = %n.pool, table = %n.table);
+            manager.set_networking(Arc::new(crate::network::HostNetwork(net)));
+        }
+        Err(error) => tracing::error!(
+            message = "sandbox networking unavailable: open and allow sandboxes get loopback only",
+            error = %crate::error::chain(&error)
+        ),
+    }
 }
 
 /// Stop every running sandbox (the `stop_sandboxes_on_shutdown` policy).

@@ -167,6 +167,14 @@ impl From<LifecycleError> for AppError {
                     chain(&e),
                 )
             }
+            L::Network(_) => {
+                tracing::warn!(message = "network failure", error = %chain(&e));
+                AppError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    codes::NETWORK_ERROR,
+                    chain(&e),
+                )
+            }
             L::MainProcess(_) => AppError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 codes::INVALID_REQUEST,

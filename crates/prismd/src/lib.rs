@@ -28,6 +28,7 @@ pub mod extract;
 pub mod images;
 pub mod images_import;
 pub mod metrics;
+pub mod network;
 pub mod ports;
 pub mod resolver;
 pub mod runtime;
@@ -57,6 +58,7 @@ pub struct AppState {
         api::healthz, api::readyz, api::info,
         api::create, api::list, api::inspect, api::destroy,
         api::stop, api::start, api::restart, api::set_timeout, api::events,
+        network::set_network,
         api::exec, ws::exec_ws,
         api::files_get, api::files_put, api::files_delete,
         api::logs, api::metrics,
@@ -137,6 +139,10 @@ pub fn app(state: AppState) -> Router {
         .route(&format!("{sandbox}/start"), post(api::start))
         .route(&format!("{sandbox}/restart"), post(api::restart))
         .route(&format!("{sandbox}/timeout"), post(api::set_timeout))
+        .route(
+            &format!("{sandbox}/network"),
+            axum::routing::patch(network::set_network),
+        )
         .route(&format!("{sandbox}/events"), get(api::events))
         .route(&format!("{sandbox}/exec"), post(api::exec))
         .route(&format!("{sandbox}/exec/ws"), get(ws::exec_ws))

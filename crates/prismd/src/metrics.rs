@@ -119,8 +119,19 @@ async fn gauges(st: &AppState) -> Result<(), AppError> {
                 .set(m.disk_bytes as f64);
             metrics::gauge!("prism_sandbox_io_read_bytes", "sandbox" => id.clone())
                 .set(m.io_read_bytes as f64);
-            metrics::gauge!("prism_sandbox_io_write_bytes", "sandbox" => id)
+            metrics::gauge!("prism_sandbox_io_write_bytes", "sandbox" => id.clone())
                 .set(m.io_write_bytes as f64);
+            if let Some(n) = m.network {
+                for (name, v) in [
+                    ("prism_sandbox_network_rx_bytes", n.rx_bytes),
+                    ("prism_sandbox_network_rx_packets", n.rx_packets),
+                    ("prism_sandbox_network_tx_bytes", n.tx_bytes),
+                    ("prism_sandbox_network_tx_packets", n.tx_packets),
+                    ("prism_sandbox_dns_dropped", n.dns_dropped),
+                ] {
+                    metrics::gauge!(name, "sandbox" => id.clone()).set(v as f64);
+                }
+            }
         }
     }
     Ok(())

@@ -193,3 +193,51 @@ async fn port_proxy_reaches_http_and_websocket_servers_in_a_sandbox_without_netw
     assert_eq!(r.status(), 409);
     c.destroy("web").await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn port_proxy_works_in_open_and_allow_modes_too() {
+    if !support::root_or_skip("port_proxy_works_in_open_and_allow_modes_too") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(dir.path()).await;
+    let c = &d.client;
+    let http = reqwest::Client::new();
+    for (name, mode) in [("webopen", "open"), ("weballow", "allow=198.51.100.0/24")] {
+        let sb = c
+            .create(&CreateSandboxRequest {
+                name: Some(name.into()),
+                cmd: Some(vec![
+                    "python3".into(),
+                    "-c".into(),
+                    SERVER.into(),
+                    "8000".into(),
+                ]),
+                network: Some(mode.into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(sb.network, mode);
+        let url = format!("{}/v1/sandboxes/{name}/ports/8000/hi", d.url());
+        let echoed: serde_json::Value = support::eventually(30, "the sandbox server", || {
+            let (http, url) = (http.clone(), url.clone());
+            async move {
+                let r = http.get(&url).send().await.ok()?;
+                (r.status() == 200).then_some(())?;
+                r.json().await.ok()
+            }
+        })
+        .await;
+        assert_eq!(echoed["target"], "/hi", "{mode}");
+        let ws_url = format!(
+            "ws://127.0.0.1:{}/v1/sandboxes/{name}/ports/8000/ws",
+            d.port
+        );
+        let (mut ws, _) = tokio_tungstenite::connect_async(&ws_url).await.unwrap();
+        ws.send(Message::text("x")).await.unwrap();
+        let got = ws.next().await.unwrap().unwrap();
+        assert_eq!(got.into_text().unwrap().as_str(), "echo:x", "{mode}");
+        c.destroy(name).await.unwrap();
+    }
+}

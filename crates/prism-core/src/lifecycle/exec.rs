@@ -307,6 +307,7 @@ impl SandboxManager {
     /// Usage counters of a running sandbox.
     pub async fn metrics(&self, id_or_name: &str) -> Result<SandboxMetrics, LifecycleError> {
         let (_, handle, _) = self.running(id_or_name).await?;
+        let handle_id = handle.id.clone();
         let rt = self.inner.runtime.clone();
         let s = blocking(move || rt.stats(&handle))
             .await?
@@ -323,6 +324,15 @@ impl SandboxManager {
             disk_bytes: s.disk_bytes,
             io_read_bytes: s.io_read_bytes,
             io_write_bytes: s.io_write_bytes,
+            network: self
+                .net_counters(&handle_id)
+                .map(|n| prism_types::NetworkCounters {
+                    rx_bytes: n.rx_bytes,
+                    rx_packets: n.rx_packets,
+                    tx_bytes: n.tx_bytes,
+                    tx_packets: n.tx_packets,
+                    dns_dropped: n.dns_dropped,
+                }),
         })
     }
 }

@@ -56,6 +56,12 @@ impl SandboxManager {
             }
         }
         report.orphans = self.reap_orphans().await?;
+        match self.reconcile_network().await {
+            Ok(removed) => report.orphans.extend(removed),
+            Err(error) => {
+                tracing::warn!(message = "cleanup of leftover sandbox networks failed", %error)
+            }
+        }
         let retention = i64::try_from(self.inner.cfg.destroyed_retention_s.saturating_mul(1000))
             .unwrap_or(i64::MAX);
         let before = now.saturating_sub(retention);

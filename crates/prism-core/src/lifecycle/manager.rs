@@ -77,6 +77,7 @@ pub(crate) struct Inner {
     logs: Mutex<HashMap<String, Arc<LogHub>>>,
     pub pools: Pools,
     pub(crate) secret_env: std::sync::OnceLock<Arc<dyn super::secret_env::SecretEnv>>,
+    pub(crate) network: OnceLock<Arc<dyn super::network::SandboxNetwork>>,
 }
 
 /// The sandbox manager. Cheap to clone.
@@ -110,7 +111,7 @@ where
         .map_err(LifecycleError::TaskFailed)
 }
 
-fn to_api(rec: &SandboxRecord) -> Sandbox {
+pub(crate) fn to_api(rec: &SandboxRecord) -> Sandbox {
     Sandbox {
         id: rec.id.clone(),
         name: rec.name.clone(),
@@ -159,6 +160,7 @@ impl SandboxManager {
                 logs: Mutex::new(HashMap::new()),
                 pools,
                 secret_env: std::sync::OnceLock::new(),
+                network: OnceLock::new(),
             }),
         })
     }
@@ -446,6 +448,12 @@ impl SandboxManager {
             let _ = blocking(move || rt.stop(&h)).await;
             return Err(e);
         }
+        if let Err(e) = self.net_attach(&rec, &handle).await {
+            tracing::warn!(message = "sandbox network setup failed", sandbox_id = %rec.id, error = %e);
+            rec.error = Some(format!("network setup failed: {e}"));
+            self.fail_locked(&mut rec, "network setup failed").await?;
+            return Err(e);
+        }
         self.activate(&mut rec, &handle).await?;
         Ok(rec)
     }
@@ -570,6 +578,7 @@ impl SandboxManager {
         why: &str,
     ) -> Result<(), LifecycleError> {
         self.drop_live(&rec.id);
+        self.net_detach(&rec.id).await;
         if let Ok(h) = Self::handle_of(rec) {
             let rt = self.inner.runtime.clone();
             if let Ok(Err(error)) = blocking(move || rt.stop(&h)).await {
@@ -584,6 +593,7 @@ impl SandboxManager {
 
     async fn stop_locked(&self, rec: &mut SandboxRecord, why: &str) -> Result<(), LifecycleError> {
         self.drop_live(&rec.id);
+        self.net_detach(&rec.id).await;
         if let Ok(h) = Self::handle_of(rec) {
             let rt = self.inner.runtime.clone();
             blocking(move || rt.stop(&h))
@@ -644,6 +654,7 @@ impl SandboxManager {
             return Ok(to_api(&rec));
         }
         self.drop_live(&rec.id);
+        self.net_detach(&rec.id).await;
         let rt = self.inner.runtime.clone();
         let id = rec.id.clone();
         blocking(move || rt.destroy(&id))

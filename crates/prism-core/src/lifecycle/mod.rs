@@ -14,6 +14,9 @@ pub mod logs;
 mod manager;
 #[cfg(test)]
 mod manager_tests;
+pub mod network;
+#[cfg(test)]
+mod network_tests;
 mod passthrough;
 mod pool;
 #[cfg(test)]
@@ -38,6 +41,7 @@ pub use agent::{
 pub use exec::{ExecSession, FileContent, ProcEvents};
 pub use janitor::SweepReport;
 pub use manager::{ManagerConfig, SandboxManager};
+pub use network::{NetCounters, NetLeftovers, NetworkError, SandboxNetwork};
 pub use pool::PoolConfig;
 pub use proto_agent::ProtoAgents;
 pub use secret_env::SecretEnv;
@@ -85,6 +89,8 @@ pub enum LifecycleError {
     },
     #[error("stored runtime handle of sandbox {0} is unreadable")]
     BadHandle(String),
+    #[error("sandbox networking failed: {0}")]
+    Network(#[source] network::NetworkError),
     #[error("a background task failed")]
     TaskFailed(#[source] tokio::task::JoinError),
 }

@@ -44,6 +44,9 @@ impl SandboxManager {
                 _ => {}
             }
         }
+        if let Err(error) = self.reconcile_network().await {
+            tracing::warn!(message = "cleanup of leftover sandbox networks failed", %error);
+        }
         tracing::info!(message = "recovery done", adopted, failed);
         Ok((adopted, failed))
     }
@@ -61,6 +64,11 @@ impl SandboxManager {
         let agent = self.agent_of(&handle);
         if let Err(error) = agent.health().await {
             tracing::warn!(message = "adopted sandbox's agent is unhealthy", sandbox_id = %rec.id, %error);
+            return false;
+        }
+        // Links and rules survive a daemon restart; the DNS forwarder does not: attach again.
+        if let Err(error) = self.net_attach(rec, &handle).await {
+            tracing::warn!(message = "adopted sandbox's network could not be restored", sandbox_id = %rec.id, %error);
             return false;
         }
         lock(&self.inner.live).insert(

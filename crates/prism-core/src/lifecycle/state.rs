@@ -18,6 +18,7 @@ pub enum Action {
     Restart,
     Destroy,
     SetTimeout,
+    SetNetwork,
     /// Anything that needs the sandbox's processes: exec, files, terminal, metrics.
     Use,
 }
@@ -30,6 +31,7 @@ impl Action {
             Action::Restart => "restart",
             Action::Destroy => "destroy",
             Action::SetTimeout => "set the timeout of",
+            Action::SetNetwork => "change the network of",
             Action::Use => "use",
         }
     }
@@ -75,6 +77,7 @@ pub fn plan(action: Action, state: SandboxState) -> Result<Plan, InvalidState> {
         (Action::Destroy, Destroyed) => Ok(Plan::AlreadyDone),
         (Action::Destroy, _) => Ok(Plan::Proceed),
         (Action::SetTimeout, Creating | Running | Stopped | Failed) => Ok(Plan::Proceed),
+        (Action::SetNetwork, Running | Stopped | Failed) => Ok(Plan::Proceed),
         (Action::Use, Running) => Ok(Plan::Proceed),
         _ => err,
     }
@@ -122,6 +125,7 @@ mod tests {
             Action::Restart,
             Action::Use,
             Action::SetTimeout,
+            Action::SetNetwork,
         ] {
             assert!(plan(a, Destroyed).is_err(), "{a:?}");
         }
@@ -161,7 +165,7 @@ mod tests {
             Action::Start | Action::Restart => Some(Running),
             Action::Stop => Some(Stopped),
             Action::Destroy => Some(Destroyed),
-            Action::SetTimeout | Action::Use => None,
+            Action::SetTimeout | Action::SetNetwork | Action::Use => None,
         };
         for a in [Action::Start, Action::Stop, Action::Destroy] {
             for s in SandboxState::ALL {

@@ -90,9 +90,24 @@ fn cgroup_parent(state: &Path) -> String {
     format!("prism-e2e-{safe}")
 }
 
+/// The nftables table and address pool of a test daemon: its own per state directory, so
+/// daemons of tests running at once never touch each other's sandbox networks.
+pub fn net_of(state: &Path) -> (String, String) {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in state.as_os_str().as_encoded_bytes() {
+        h = (h ^ u32::from(*b)).wrapping_mul(0x0100_0193);
+    }
+    let idx = h % 4096;
+    let pool = std::net::Ipv4Addr::from(0x6440_0000u32 + idx * 1024);
+    (format!("pe2e_{h:08x}"), format!("{pool}/22"))
+}
+
 pub struct Daemon {
     pub state: PathBuf,
     pub cgroup_parent: String,
+    /// `inet NAME` is this daemon's nftables table.
+    pub nft_table: String,
+    pub network_pool: String,
     pub port: u16,
     pub child: Option<Child>,
     pub client: prism_client::Client,
@@ -114,10 +129,11 @@ impl Daemon {
         let port = free_port();
         let config = state.join("prismd.toml");
         std::fs::create_dir_all(state).unwrap();
+        let (nft_table, network_pool) = net_of(state);
         std::fs::write(
             &config,
             format!(
-                "janitor_interval_s = 1\nagent_path = {:?}\ncgroup_parent = {:?}\n{extra_config}\n",
+                "janitor_interval_s = 1\nagent_path = {:?}\ncgroup_parent = {:?}\nnft_table = {nft_table:?}\nnetwork_pool = {network_pool:?}\n{extra_config}\n",
                 agent.display().to_string(),
                 cgroup_parent(state),
             ),
@@ -143,6 +159,8 @@ impl Daemon {
         let d = Daemon {
             state: state.to_path_buf(),
             cgroup_parent: cgroup_parent(state),
+            nft_table,
+            network_pool,
             port,
             child: Some(child),
             client,
@@ -189,6 +207,17 @@ impl Daemon {
     /// Kill the sandboxes this daemon left (they outlive the daemon by design) and remove its
     /// cgroup parent.
     pub fn kill_agents(&self) {
+        for family in ["inet", "ip"] {
+            let name = if family == "ip" {
+                format!("{}_nat", self.nft_table)
+            } else {
+                self.nft_table.clone()
+            };
+            let _ = Command::new("nft")
+                .args(["delete", "table", family, &name])
+                .stderr(Stdio::null())
+                .status();
+        }
         let Ok(cgroups) = prism_sys::cgroup::detect(&self.cgroup_parent) else {
             return;
         };

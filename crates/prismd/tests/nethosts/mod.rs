@@ -1,0 +1,180 @@
+//! Test hosts for the network tests: network namespaces of our own, each behind a veth from the
+//! host, with tiny TCP servers in them (they stand for "the internet", "the internal network"
+//! and "the metadata service"), and a tiny upstream DNS server on the host's loopback. Only
+//! loopback and these namespaces are ever contacted. Everything is removed on drop.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use prism_net::dns::wire;
+
+/// Accepts connections on every ADDR PORT pair given and closes them.
+const SERVER: &str = r#"
+import socket, sys, threading
+def serve(a, p):
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((a, int(p))); s.listen(64)
+    while True:
+        c, _ = s.accept(); c.close()
+a = sys.argv[1:]
+for i in range(0, len(a), 2):
+    threading.Thread(target=serve, args=(a[i], a[i + 1])).start()
+"#;
+
+fn run(args: &[&str]) {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
+    assert!(out.status.success(), "{args:?}: {out:?}");
+}
+
+pub struct TestHosts {
+    pub tag: String,
+    netns: Vec<String>,
+    servers: Vec<Child>,
+    links: Vec<String>,
+}
+
+impl TestHosts {
+    pub fn new() -> Self {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        TestHosts {
+            tag: format!("{:06x}", (t as u32 ^ std::process::id()) & 0xff_ffff),
+            netns: Vec::new(),
+            servers: Vec::new(),
+            links: Vec::new(),
+        }
+    }
+
+    /// A namespace `prism-test-<kind>-<tag>` reached through a veth whose host end has
+    /// `host_cidr` and whose other end has `addrs` (CIDRs).
+    pub fn netns(&mut self, kind: &str, host_cidr: &str, addrs: &[&str]) -> String {
+        let ns = format!("prism-test-{kind}-{}", self.tag);
+        let hl = format!("pt{}{}", &kind[..1], self.tag);
+        run(&["ip", "netns", "add", &ns]);
+        self.netns.push(ns.clone());
+        run(&[
+            "ip", "link", "add", &hl, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+        ]);
+        run(&["ip", "addr", "add", host_cidr, "dev", &hl]);
+        run(&["ip", "link", "set", &hl, "up"]);
+        for a in addrs {
+            run(&["ip", "-n", &ns, "addr", "add", a, "dev", "eth0"]);
+        }
+        run(&["ip", "-n", &ns, "link", "set", "eth0", "up"]);
+        run(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
+        let gw = host_cidr.split('/').next().unwrap();
+        run(&["ip", "-n", &ns, "route", "add", "default", "via", gw]);
+        ns
+    }
+
+    /// TCP servers in `ns` on each address:port; returns once they accept (from the host).
+    pub fn serve(&mut self, ns: &str, on: &[SocketAddr]) {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", ns, "python3", "-c", SERVER]);
+        for a in on {
+            cmd.arg(a.ip().to_string()).arg(a.port().to_string());
+        }
+        self.servers.push(
+            cmd.stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for a in on {
+            while TcpStream::connect_timeout(a, Duration::from_millis(200)).is_err() {
+                assert!(Instant::now() < deadline, "test server {a} did not start");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    /// Remember a link to delete on drop.
+    pub fn own_link(&mut self, name: &str) {
+        self.links.push(name.to_string());
+    }
+}
+
+impl Drop for TestHosts {
+    fn drop(&mut self) {
+        for s in &mut self.servers {
+            let _ = s.kill();
+            let _ = s.wait();
+        }
+        for ns in &self.netns {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+        for l in &self.links {
+            let _ = Command::new("ip")
+                .args(["link", "del", l])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// A DNS server on 127.0.0.1 answering `names` with their addresses (TTL 5 s) and NXDOMAIN
+/// to anything else. Returns its address.
+pub async fn upstream_dns(names: Vec<(&'static str, Ipv4Addr)>) -> SocketAddr {
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = sock.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 1500];
+        loop {
+            let Ok((n, src)) = sock.recv_from(&mut buf).await else {
+                continue;
+            };
+            let Some(q) = wire::parse_query(&buf[..n]) else {
+                continue;
+            };
+            let found: Vec<Ipv4Addr> = names
+                .iter()
+                .filter(|(name, _)| *name == q.name)
+                .map(|(_, a)| *a)
+                .collect();
+            let mut answer = wire::answer(&buf[..n], &q, &found, 5);
+            if found.is_empty() {
+                answer[3] |= 3; // NXDOMAIN
+            }
+            let _ = sock.send_to(&answer, src).await;
+        }
+    });
+    addr
+}
+
+/// In a sandbox: for each argument, `host:port` → connect (2 s) and print `ok` or the error's
+/// class; `dns:NAME` → resolve and print the address or the error's class. All in parallel.
+pub const PROBE: &str = r#"
+import socket, sys, threading
+res = {}
+def probe(t):
+    try:
+        if t.startswith('dns:'):
+            res[t] = socket.gethostbyname(t[4:])
+        else:
+            h, p = t.rsplit(':', 1)
+            socket.create_connection((h, int(p)), 2).close()
+            res[t] = 'ok'
+    except Exception as e:
+        res[t] = type(e).__name__
+ts = [threading.Thread(target=probe, args=(t,)) for t in sys.argv[1:]]
+[t.start() for t in ts]
+[t.join() for t in ts]
+for t in sys.argv[1:]:
+    print(t, res[t])
+"#;
+
+/// Sends `n` DNS queries to the sandbox's nameserver as fast as it can.
+pub const FLOOD: &str = r#"
+import socket, sys
+ns = [l.split()[1] for l in open('/etc/resolv.conf') if l.startswith('nameserver')][0]
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+q = bytes.fromhex('abcd01000001000000000000') + b'\x07allowed\x04test\x00\x00\x01\x00\x01'
+for _ in range(int(sys.argv[1])):
+    s.sendto(q, (ns, 53))
+print('sent')
+"#;
