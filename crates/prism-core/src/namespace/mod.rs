@@ -24,7 +24,9 @@ use prism_sys::launch::{LaunchConfig, launch};
 pub use plan::{MountPlan, SandboxDirs, plan};
 use slots::Slots;
 
-use crate::runtime::{Runtime, RuntimeError, SandboxHandle, SandboxSpec, SandboxStats};
+use crate::runtime::{
+    Runtime, RuntimeError, SandboxHandle, SandboxSpec, SandboxStats, WritableLayers,
+};
 
 /// Ids per sandbox (uids and gids 0..65535 inside).
 pub const IDS_PER_SANDBOX: u32 = 65536;
@@ -468,5 +470,26 @@ impl Runtime for NamespaceRuntime {
         ids.dedup();
         ids.retain(|id| validate_id(id).is_ok());
         Ok(ids)
+    }
+
+    fn writable_layers(&self, id: &str) -> Result<WritableLayers, RuntimeError> {
+        validate_id(id)?;
+        let dirs = self.dirs(id);
+        if dirs.quota {
+            return Err(RuntimeError::InvalidSpec(format!(
+                "sandbox {id} has a disk limit: its writable layer cannot be captured"
+            )));
+        }
+        if self.lock_children().contains_key(id) {
+            return Err(RuntimeError::InvalidSpec(format!(
+                "sandbox {id} is running: stop it before capturing its writable layer"
+            )));
+        }
+        let uid_base = read_uid_base(&dirs).ok_or_else(|| RuntimeError::NotFound(id.into()))?;
+        let uppers = (0..)
+            .map(|i| dirs.upper(i))
+            .take_while(|p| p.is_dir())
+            .collect();
+        Ok(WritableLayers { uppers, uid_base })
     }
 }
