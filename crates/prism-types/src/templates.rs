@@ -45,7 +45,8 @@ pub struct TemplateSpec {
     /// Default main process (argv) of the template's sandboxes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start: Option<Vec<String>>,
-    /// Default working directory (also the setup commands').
+    /// Default working directory of the template's sandboxes (setup commands run in the
+    /// image's WorkingDir, else `/`; they may `cd`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cwd: Option<String>,
     /// Default user of the template's sandboxes (setup commands run as root).

@@ -64,7 +64,7 @@ pub struct CreateArgs {
     /// Default main process (shell line).
     #[arg(long, value_name = "CMD")]
     pub start: Option<String>,
-    /// Default working directory (also of the setup commands).
+    /// Default working directory of the template's sandboxes.
     #[arg(short, long)]
     pub workdir: Option<String>,
     /// Default user of the template's sandboxes.

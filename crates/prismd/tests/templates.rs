@@ -180,6 +180,12 @@ async fn templates_from_an_image_are_built_once_versioned_and_pinned() {
     assert_eq!(out(&c, &new.id, "cat /opt/app/version").await, "v2\n");
     c.destroy(&new.id).await.unwrap();
     c.remove_template("app").await.unwrap();
+    c.import_image(
+        tar_dir(&layouts.path().join("bb")),
+        Some("local.test/busybox:1"),
+    )
+    .await
+    .unwrap();
     let v3 = c.create_template(&app_spec("v3")).await.unwrap();
     assert_eq!(v3.version, 3);
     assert_eq!(

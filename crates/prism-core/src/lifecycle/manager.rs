@@ -320,7 +320,13 @@ impl SandboxManager {
                 if templates::TEMPLATES.contains(&name.as_str()) {
                     name
                 } else {
-                    let resolved = self.resolver()?.resolve(Source::Template(name)).await?;
+                    // Without a resolver only the built-in templates exist.
+                    let resolver = self
+                        .inner
+                        .resolver
+                        .get()
+                        .ok_or_else(|| LifecycleError::TemplateNotFound(name.clone()))?;
+                    let resolved = resolver.resolve(Source::Template(name)).await?;
                     source::apply_defaults(&mut spec, resolved.defaults);
                     validate::resources(&spec.resources)?;
                     resolved.pinned

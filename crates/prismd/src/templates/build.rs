@@ -179,7 +179,6 @@ impl Templates {
                 .as_ref()
                 .map(|r| r.pinned.trim_start_matches(IMAGE_PREFIX).to_string()),
             env: spec.env.clone(),
-            cwd: spec.cwd.clone(),
             labels: BTreeMap::from([(BUILD_LABEL.to_string(), rec.reference())]),
             resources: prism_types::Resources {
                 disk_mb: None,
