@@ -43,7 +43,7 @@ pub async fn pull(
     pull_with(store, client, reference, None).await
 }
 
-/// [`pull`], reporting the download progress of each layer to `progress`.
+/// [`pull`], reporting the download progress of the config and each layer to `progress`.
 pub async fn pull_with(
     store: &ImageStore,
     client: &RegistryClient,
@@ -71,7 +71,11 @@ pub async fn pull_with(
         }
         .into());
     }
-    downloaded += usize::from(client.fetch_blob(&r, &manifest.config, store).await?);
+    downloaded += usize::from(
+        client
+            .fetch_blob_with(&r, &manifest.config, store, progress)
+            .await?,
+    );
     for layer in &manifest.layers {
         Compression::of_media_type(&layer.media_type)?;
         if !store.has_layer(&layer.digest) {
