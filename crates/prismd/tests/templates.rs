@@ -220,6 +220,11 @@ async fn templates_from_base_failures_and_the_cli() {
             ],
             start: Some(vec!["sleep".into(), "300".into()]),
             cwd: Some("/srv/app".into()),
+            // Bounds the build sandbox too: its upper lives on a loop-mounted disk image.
+            resources: prism_types::Resources {
+                disk_mb: Some(64),
+                ..Default::default()
+            },
             ..Default::default()
         })
         .await
@@ -232,6 +237,7 @@ async fn templates_from_base_failures_and_the_cli() {
     assert_eq!(py.source.as_deref(), Some("base"));
     let sb = c.create(&create("py")).await.unwrap();
     assert_eq!(sb.cmd, Some(vec!["sleep".to_string(), "300".to_string()]));
+    assert_eq!(sb.resources.disk_mb, Some(64));
     assert_eq!(
         out(c, &sb.id, "ls __pycache__ | grep -c main; python3 main.py; cat /usr/local/lib/prism-tpl/f; cat /etc/hostname").await,
         format!("1\n42\nusr\n{}\n", &sb.id[..12]),

@@ -475,17 +475,18 @@ impl Runtime for NamespaceRuntime {
     fn writable_layers(&self, id: &str) -> Result<WritableLayers, RuntimeError> {
         validate_id(id)?;
         let dirs = self.dirs(id);
-        if dirs.quota {
-            return Err(RuntimeError::InvalidSpec(format!(
-                "sandbox {id} has a disk limit: its writable layer cannot be captured"
-            )));
-        }
         if self.lock_children().contains_key(id) {
             return Err(RuntimeError::InvalidSpec(format!(
                 "sandbox {id} is running: stop it before capturing its writable layer"
             )));
         }
         let uid_base = read_uid_base(&dirs).ok_or_else(|| RuntimeError::NotFound(id.into()))?;
+        if dirs.quota {
+            // A stopped sandbox's disk image is unmounted: mount it again (host side only;
+            // the next start or the destroy finds it mounted and unmounts it).
+            disk::ensure_mounted(&dirs, 0, uid_base)
+                .map_err(|e| RuntimeError::StartFailed(error_chain(&e)))?;
+        }
         let uppers = (0..)
             .map(|i| dirs.upper(i))
             .take_while(|p| p.is_dir())

@@ -180,10 +180,9 @@ impl Templates {
                 .map(|r| r.pinned.trim_start_matches(IMAGE_PREFIX).to_string()),
             env: spec.env.clone(),
             labels: BTreeMap::from([(BUILD_LABEL.to_string(), rec.reference())]),
-            resources: prism_types::Resources {
-                disk_mb: None,
-                ..spec.resources
-            },
+            // The template's limits bound its build too (a disk limit keeps a setup from
+            // filling the host's disk).
+            resources: spec.resources,
             timeout_s: Some(if max > 0 { ttl.min(max) } else { ttl }),
             network: spec.build_network.clone(),
             // Not the image's command: nothing but the setup commands runs in the build.
