@@ -23,11 +23,15 @@ use crate::store::{ImageStore, StoreError};
 /// Ids per sandbox: files outside `uid_base..uid_base + IDS` become `nobody`.
 const IDS: u32 = 65536;
 const NOBODY: u32 = 65534;
+/// Deepest directory nesting captured.
+const MAX_DEPTH: usize = 256;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
     #[error("cannot read {} in the writable layer", .0.display())]
     Read(PathBuf, #[source] io::Error),
+    #[error("{} is nested deeper than {MAX_DEPTH} directories", .0.display())]
+    TooDeep(PathBuf),
     #[error("cannot write the captured layer")]
     Write(#[source] io::Error),
     #[error(transparent)]
@@ -86,7 +90,7 @@ fn write_tar(
         skip: skip.iter().map(PathBuf::from).collect(),
         links: HashMap::new(),
     };
-    walk.dir(Path::new(""))?;
+    walk.walk()?;
     let mut w = walk.tar.into_inner().map_err(CaptureError::Write)?;
     w.flush().map_err(CaptureError::Write)?;
     let HashingWriter { inner, hasher } = w;
@@ -174,25 +178,46 @@ impl<W: Write> Walk<W> {
             .map_err(CaptureError::Write)
     }
 
-    fn dir(&mut self, rel: &Path) -> Result<(), CaptureError> {
+    /// The names in directory `rel`, sorted (for a reproducible tar).
+    fn list(&self, rel: &Path) -> Result<std::vec::IntoIter<std::ffi::OsString>, CaptureError> {
         let path = self.upper.join(rel);
-        let mut entries: Vec<_> = fs::read_dir(&path)
+        let mut names: Vec<_> = fs::read_dir(&path)
             .map_err(self.read_err(rel))?
             .map(|e| e.map(|e| e.file_name()))
             .collect::<Result<_, _>>()
             .map_err(self.read_err(rel))?;
-        entries.sort();
-        for name in entries {
-            let child = rel.join(&name);
+        names.sort();
+        Ok(names.into_iter())
+    }
+
+    /// Every entry under the upper directory, parents before children, without recursion
+    /// (the sandbox chooses the depth).
+    fn walk(&mut self) -> Result<(), CaptureError> {
+        let mut stack = vec![(PathBuf::new(), self.list(Path::new(""))?)];
+        loop {
+            let next = match stack.last_mut() {
+                None => return Ok(()),
+                Some((dir, names)) => names.next().map(|n| dir.join(n)),
+            };
+            let Some(child) = next else {
+                stack.pop();
+                continue;
+            };
             if self.skip.contains(&child) {
                 continue;
             }
-            self.entry(&child)?;
+            if self.entry(&child)? {
+                if stack.len() >= MAX_DEPTH {
+                    return Err(CaptureError::TooDeep(child));
+                }
+                let names = self.list(&child)?;
+                stack.push((child, names));
+            }
         }
-        Ok(())
     }
 
-    fn entry(&mut self, rel: &Path) -> Result<(), CaptureError> {
+    /// Write one entry; `true` when it is a directory to descend into.
+    fn entry(&mut self, rel: &Path) -> Result<bool, CaptureError> {
         use std::os::unix::fs::FileTypeExt;
         let path = self.upper.join(rel);
         let md = fs::symlink_metadata(&path).map_err(self.read_err(rel))?;
@@ -200,7 +225,7 @@ impl<W: Write> Walk<W> {
         if ft.is_char_device() && md.rdev() == 0 {
             let name = rel.file_name().map(|n| n.to_string_lossy().into_owned());
             let wh = rel.with_file_name(format!(".wh.{}", name.unwrap_or_default()));
-            return self.empty_file(&wh);
+            return self.empty_file(&wh).map(|()| false);
         }
         if ft.is_dir() {
             let x = self.xattrs(&path)?;
@@ -212,7 +237,7 @@ impl<W: Write> Walk<W> {
             if is_opaque(&path) {
                 self.empty_file(&rel.join(".wh..wh..opq"))?;
             }
-            return self.dir(rel);
+            return Ok(true);
         }
         if ft.is_symlink() {
             let target = fs::read_link(&path).map_err(self.read_err(rel))?;
@@ -220,6 +245,7 @@ impl<W: Write> Walk<W> {
             return self
                 .tar
                 .append_link(&mut h, rel, target)
+                .map(|()| false)
                 .map_err(CaptureError::Write);
         }
         if ft.is_fifo() {
@@ -227,11 +253,12 @@ impl<W: Write> Walk<W> {
             return self
                 .tar
                 .append_data(&mut h, rel, io::empty())
+                .map(|()| false)
                 .map_err(CaptureError::Write);
         }
         if !ft.is_file() {
             tracing::debug!(message = "leaving a special file out of a captured layer", path = %rel.display());
-            return Ok(());
+            return Ok(false);
         }
         if md.nlink() > 1 {
             let key = (md.dev(), md.ino());
@@ -240,6 +267,7 @@ impl<W: Write> Walk<W> {
                 return self
                     .tar
                     .append_link(&mut h, rel, first)
+                    .map(|()| false)
                     .map_err(CaptureError::Write);
             }
             self.links.insert(key, rel.to_path_buf());
@@ -258,6 +286,7 @@ impl<W: Write> Walk<W> {
         use std::io::Read;
         self.tar
             .append_data(&mut h, rel, file.take(md.len()))
+            .map(|()| false)
             .map_err(CaptureError::Write)
     }
 }

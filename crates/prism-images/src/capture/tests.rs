@@ -124,3 +124,19 @@ fn an_upper_directory_becomes_a_valid_lower() {
     let stray = fs::metadata(store.layer_dir(&c3.digest).join("stray")).unwrap();
     assert_eq!(stray.uid(), NOBODY);
 }
+
+#[test]
+fn absurd_nesting_is_refused_not_recursed_into() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ImageStore::open(dir.path()).unwrap();
+    let up = dir.path().join("upper");
+    let mut deep = up.clone();
+    for _ in 0..=MAX_DEPTH {
+        deep.push("d");
+    }
+    fs::create_dir_all(&deep).unwrap();
+    let e = capture_layer(&store, &up, 0, &[]).unwrap_err();
+    assert!(matches!(e, CaptureError::TooDeep(_)), "{e:?}");
+    let tmp: Vec<_> = fs::read_dir(store.root().join("tmp")).unwrap().collect();
+    assert!(tmp.is_empty(), "no half-written capture left: {tmp:?}");
+}
