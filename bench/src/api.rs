@@ -183,3 +183,52 @@ pub fn run_pooled(
         Ok((cycles, first))
     })
 }
+
+/// `(template create → first exec, base create → first exec)` samples through one daemon
+/// without pools, interleaved so both see the same load. The template (`base` plus a setup
+/// that writes and byte-compiles a few files: one captured layer per mount) is built first,
+/// untimed.
+pub fn run_template(
+    state: &Path,
+    agent: &Path,
+    warmup: usize,
+    iterations: usize,
+) -> Result<(Vec<Duration>, Vec<Duration>)> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (_daemon, client) = start_daemon(&rt, state, agent, "template", 0)?;
+    rt.block_on(async {
+        let spec = prism_types::templates::TemplateSpec {
+            name: "bench".into(),
+            run: vec![
+                "mkdir -p /srv/bench && echo 'print(1)' > /srv/bench/app.py".into(),
+                "python3 -m compileall -q /srv/bench".into(),
+            ],
+            ..Default::default()
+        };
+        let t = client.create_template(&spec).await?;
+        let (mut tpl, mut base) = (Vec::new(), Vec::new());
+        for i in 0..warmup + iterations {
+            for (name, out) in [(t.reference.as_str(), &mut tpl), ("base", &mut base)] {
+                let start = Instant::now();
+                let sb = client
+                    .create(&CreateSandboxRequest {
+                        template: Some(name.into()),
+                        ..Default::default()
+                    })
+                    .await?;
+                let r = client.exec(&sb.id, &true_req()).await?;
+                let first = start.elapsed();
+                client.destroy(&sb.id).await?;
+                if r.exit_code != 0 {
+                    bail!("/bin/true exited {} in {name}", r.exit_code);
+                }
+                if i >= warmup {
+                    out.push(first);
+                }
+            }
+        }
+        Ok((tpl, base))
+    })
+}

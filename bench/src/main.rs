@@ -25,10 +25,14 @@ struct Args {
     /// Unmeasured iterations first.
     #[arg(long, default_value_t = 3)]
     warmup: usize,
-    /// Comma-separated subset of: fork,prism,image,api,pooled,bwrap,crun (`api` and `pooled` go
-    /// through a real prismd, `pooled` with a warm pool of `base`; `image` is `prism` over an
-    /// OCI image's layers instead of the `base` template).
-    #[arg(long, default_value = "fork,prism,image,api,pooled,bwrap,crun")]
+    /// Comma-separated subset of: fork,prism,image,api,pooled,template,bwrap,crun (`api`,
+    /// `pooled` and `template` go through a real prismd, `pooled` with a warm pool of `base`,
+    /// `template` from a built template vs `base`; `image` is `prism` over an OCI image's
+    /// layers instead of the `base` template).
+    #[arg(
+        long,
+        default_value = "fork,prism,image,api,pooled,template,bwrap,crun"
+    )]
     only: String,
     /// The static agent (default: target/x86_64-unknown-linux-musl/release, then debug).
     #[arg(long, env = "PRISM_AGENT")]
@@ -108,6 +112,17 @@ fn main() -> Result<()> {
                     Ok((cycle, first)) => {
                         rows.push(stats::Row::new("pooled: create → first exec", first));
                         Some(Ok(cycle))
+                    }
+                    Err(e) => Some(Err(e)),
+                }
+            }
+            "template" => {
+                let agent = prism::agent_path(args.agent.clone())?;
+                match api::run_template(state.path(), &agent, args.warmup, args.iterations) {
+                    Ok((tpl, base)) => {
+                        rows.push(stats::Row::new("api base: create → first exec", base));
+                        // The `template` row: create --template → first exec.
+                        Some(Ok(tpl))
                     }
                     Err(e) => Some(Err(e)),
                 }

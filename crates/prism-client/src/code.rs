@@ -1,14 +1,12 @@
 //! Code contexts and handler invocation (`/v1/sandboxes/{id}/code`, `/contexts`, `/invoke`).
 
-use bytes::BytesMut;
 use futures_util::stream::BoxStream;
-use futures_util::{StreamExt, stream};
 use prism_types::code::{
     CodeContext, CodeEvent, CreateContextRequest, InvokeRequest, InvokeResult, RunCodeRequest,
 };
 use reqwest::Method;
 
-use crate::{Client, ClientError, Result};
+use crate::{Client, Result};
 
 /// The events of a run, as they arrive; the last is `end`.
 pub type CodeEvents = BoxStream<'static, Result<CodeEvent>>;
@@ -18,38 +16,7 @@ impl Client {
     pub async fn run_code(&self, id: &str, req: &RunCodeRequest) -> Result<CodeEvents> {
         let url = self.sandbox_url(id, &["code"]);
         let resp = self.send(self.req(Method::POST, url).json(req)).await?;
-        let bytes = resp.bytes_stream();
-        Ok(stream::unfold(
-            (bytes.boxed(), BytesMut::new(), false),
-            |(mut bytes, mut buf, done)| async move {
-                loop {
-                    if let Some(i) = buf.iter().position(|b| *b == b'\n') {
-                        let line = buf.split_to(i + 1);
-                        if line.iter().all(u8::is_ascii_whitespace) {
-                            continue;
-                        }
-                        let ev = serde_json::from_slice(&line)
-                            .map_err(|e| ClientError::Protocol(format!("bad event line: {e}")));
-                        return Some((ev, (bytes, buf, done)));
-                    }
-                    if done {
-                        return None;
-                    }
-                    match bytes.next().await {
-                        Some(Ok(b)) => buf.extend_from_slice(&b),
-                        Some(Err(e)) => {
-                            return Some((Err(ClientError::Http(e)), (bytes, buf, true)));
-                        }
-                        None if buf.iter().all(u8::is_ascii_whitespace) => return None,
-                        None => {
-                            let err = ClientError::Protocol("the event stream was cut".into());
-                            return Some((Err(err), (bytes, BytesMut::new(), true)));
-                        }
-                    }
-                }
-            },
-        )
-        .boxed())
+        Ok(crate::ndjson::events(resp))
     }
 
     pub async fn create_context(

@@ -27,8 +27,11 @@ use url::Url;
 
 mod auth;
 mod code;
+mod ndjson;
+mod templates;
 mod ws;
 
+pub use templates::BuildEvents;
 pub use ws::{ExecWs, ExecWsReceiver, ExecWsSender, WsEvent};
 
 /// Environment variable naming the daemon's base URL.
@@ -421,6 +424,19 @@ impl Client {
                 .json(req),
         )
         .await
+    }
+
+    /// [`Self::pull_image`] with per-layer download progress; the last event is `done` or
+    /// `error`.
+    pub async fn pull_image_stream(
+        &self,
+        req: &prism_types::images::PullImageRequest,
+    ) -> Result<BoxStream<'static, Result<prism_types::images::PullEvent>>> {
+        let req = self
+            .req(Method::POST, self.url(&["v1", "images", "pull"]))
+            .header("accept", "application/x-ndjson")
+            .json(req);
+        Ok(ndjson::events(self.send(req).await?))
     }
 
     pub async fn list_images(&self) -> Result<prism_types::images::ImageList> {

@@ -8,5 +8,6 @@ pub mod security;
 pub mod template;
 
 pub use runtime::{
-    LayerMount, Limits, RootfsSpec, Runtime, RuntimeError, SandboxHandle, SandboxSpec, SandboxStats,
+    LayerMount, Limits, RootfsSpec, Runtime, RuntimeError, SandboxHandle, SandboxSpec,
+    SandboxStats, WritableLayers,
 };

@@ -75,6 +75,17 @@ pub struct SandboxStats {
     pub io_write_bytes: u64,
 }
 
+/// A stopped sandbox's writable layers as the host sees them (see
+/// [`Runtime::writable_layers`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WritableLayers {
+    /// The upper directory of each mount of the sandbox's [`RootfsSpec`], in its order.
+    pub uppers: Vec<PathBuf>,
+    /// Host uid/gid that is id 0 inside the sandbox: files in the uppers are owned by
+    /// `uid_base + id`.
+    pub uid_base: u32,
+}
+
 /// Failures of a runtime backend.
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
@@ -127,4 +138,13 @@ pub trait Runtime: Send + Sync + 'static {
     /// Ids of sandboxes that have something on this host (directories, cgroups): the janitor
     /// destroys those with no record.
     fn leftovers(&self) -> Result<Vec<String>, RuntimeError>;
+
+    /// The writable layers of a stopped sandbox, to read (template builds capture them). The
+    /// caller must not write there, and must not start the sandbox while it reads.
+    fn writable_layers(&self, id: &str) -> Result<WritableLayers, RuntimeError> {
+        Err(RuntimeError::InvalidSpec(format!(
+            "the {} runtime cannot capture the writable layer of {id}",
+            self.name()
+        )))
+    }
 }

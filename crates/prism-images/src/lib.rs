@@ -13,6 +13,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod capture;
 pub mod digest;
 pub mod import;
 pub mod manifest;
@@ -26,9 +27,9 @@ pub mod unpack;
 
 pub use digest::Digest;
 pub use import::{ImportError, import_docker_archive, import_oci_layout};
-pub use pull::{PullError, PullReport, pull};
+pub use pull::{PullError, PullReport, pull, pull_with};
 pub use reference::Reference;
-pub use registry::{Credentials, RegistryClient, RegistryError};
+pub use registry::{BlobProgress, Credentials, RegistryClient, RegistryError};
 pub use rootfs::{ProcessDefaults, rootfs};
 pub use store::{GcStats, ImageRecord, ImageStore, StoreError};
 

@@ -7,7 +7,7 @@ use crate::manifest::{
     Compression, ConfigBlob, Descriptor, Document, MAX_DOCUMENT, Manifest, ManifestError,
 };
 use crate::reference::{BadReference, Reference};
-use crate::registry::{RegistryClient, RegistryError};
+use crate::registry::{Progress, RegistryClient, RegistryError};
 use crate::store::{ImageRecord, ImageStore, LayerRecord, StoreError, now_unix};
 
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +40,16 @@ pub async fn pull(
     client: &RegistryClient,
     reference: &str,
 ) -> Result<PullReport, PullError> {
+    pull_with(store, client, reference, None).await
+}
+
+/// [`pull`], reporting the download progress of the config and each layer to `progress`.
+pub async fn pull_with(
+    store: &ImageStore,
+    client: &RegistryClient,
+    reference: &str,
+    progress: Progress<'_>,
+) -> Result<PullReport, PullError> {
     let r = Reference::parse(reference)?;
     let _lock = store.lock(false)?;
     let (mut body, mut ct, mut digest) = client.fetch_manifest(&r, &r.manifest_ref()).await?;
@@ -61,11 +71,15 @@ pub async fn pull(
         }
         .into());
     }
-    downloaded += usize::from(client.fetch_blob(&r, &manifest.config, store).await?);
+    downloaded += usize::from(
+        client
+            .fetch_blob_with(&r, &manifest.config, store, progress)
+            .await?,
+    );
     for layer in &manifest.layers {
         Compression::of_media_type(&layer.media_type)?;
         if !store.has_layer(&layer.digest) {
-            downloaded += usize::from(client.fetch_blob(&r, layer, store).await?);
+            downloaded += usize::from(client.fetch_blob_with(&r, layer, store, progress).await?);
         }
     }
     store.put_bytes(&body)?;

@@ -341,8 +341,14 @@ impl ImageStore {
     /// Remove layers and blobs no image or pin references, and leftovers in `tmp/`.
     /// Callers must not run it while a sandbox uses a layer of a removed image.
     pub fn gc(&self) -> Result<GcStats, StoreError> {
+        self.gc_keeping(&[])
+    }
+
+    /// [`Self::gc`], also keeping the layers and blobs in `extra` (e.g. templates' layers).
+    pub fn gc_keeping(&self, extra: &[Digest]) -> Result<GcStats, StoreError> {
         let _lock = self.lock(true)?;
-        let mut keep = std::collections::HashSet::new();
+        let mut keep: std::collections::HashSet<String> =
+            extra.iter().map(|d| d.hex().to_string()).collect();
         for rec in self.list()?.into_iter().chain(self.pins()?) {
             keep.insert(rec.manifest_digest.hex().to_string());
             keep.insert(rec.config_digest.hex().to_string());

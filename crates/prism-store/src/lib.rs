@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod auth;
 mod sqlite;
+pub mod templates;
 
 pub use sqlite::SqliteStore;
 
@@ -108,6 +109,8 @@ pub enum StoreError {
     NotFound(String),
     #[error("the state database's disk is full")]
     Full,
+    #[error("the template name {0:?} belongs to another project")]
+    TemplateOwned(String),
     #[error("another prismd holds the state database")]
     Locked,
     #[error("stored record {id} is unreadable")]

@@ -81,6 +81,25 @@ CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
 CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
     BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
 "#,
+    r#"
+CREATE TABLE template_names (
+    name          TEXT PRIMARY KEY NOT NULL,
+    project       TEXT,
+    last_version  INTEGER NOT NULL
+) STRICT;
+CREATE TABLE templates (
+    name        TEXT NOT NULL,
+    version     INTEGER NOT NULL,
+    project     TEXT,
+    status      TEXT NOT NULL,
+    spec        TEXT NOT NULL,
+    build       TEXT,
+    error       TEXT,
+    created_at  INTEGER NOT NULL,
+    updated_at  INTEGER NOT NULL,
+    PRIMARY KEY (name, version)
+) STRICT;
+"#,
 ];
 
 const COLUMNS: &str = "id, name, state, template, spec, handle, labels, runtime, created_at, \
@@ -524,6 +543,7 @@ impl Store for SqliteStore {
 }
 
 mod auth;
+mod templates;
 
 #[cfg(test)]
 mod tests;

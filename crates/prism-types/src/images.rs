@@ -72,3 +72,23 @@ pub struct PruneImagesResult {
     /// Blobs (compressed layers, manifests, configs) removed.
     pub blobs: u64,
 }
+
+/// One line of the NDJSON stream of `POST /v1/images/pull` with
+/// `Accept: application/x-ndjson`; the last line is `done` or `error`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum PullEvent {
+    /// Download progress of one layer blob (`bytes` of `total`).
+    Progress {
+        layer: String,
+        bytes: u64,
+        total: u64,
+    },
+    Done {
+        result: PullImageResult,
+    },
+    Error {
+        code: String,
+        message: String,
+    },
+}

@@ -21,6 +21,7 @@ pub mod auth;
 pub mod code;
 pub mod images;
 pub mod network;
+pub mod templates;
 pub mod ws;
 
 /// Default sandbox time-to-live when a create request does not say (seconds).

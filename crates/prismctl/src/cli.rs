@@ -104,6 +104,9 @@ pub enum Cmd {
     /// Manage OCI images: pull, ls, rm, prune, import.
     #[command(subcommand)]
     Image(ImageCmd),
+    /// Manage versioned templates: create (build), ls, inspect, rm.
+    #[command(subcommand)]
+    Template(crate::template::TemplateCmd),
     /// Print a shell completion script.
     Completions { shell: clap_complete::Shell },
 }
@@ -122,7 +125,9 @@ pub struct RunArgs {
     /// Run the command as the sandbox's main process and return at once (see `logs`).
     #[arg(short, long)]
     pub detach: bool,
-    #[arg(long, conflicts_with = "image")]
+    /// Start from this template: `base` (default), `NAME` (its newest ready version) or
+    /// `NAME:VERSION`.
+    #[arg(long, conflicts_with = "image", value_name = "NAME[:VERSION]")]
     pub template: Option<String>,
     /// Start from this OCI image (pulled if the daemon lacks it), e.g. `python:3.12-slim`.
     #[arg(long)]

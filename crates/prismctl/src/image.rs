@@ -1,10 +1,10 @@
 //! `prismctl image …`: pull, list, remove, prune and import OCI images.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::Path;
 
 use prism_client::Client;
-use prism_types::images::{Image, PullImageRequest, PullImageResult};
+use prism_types::images::{Image, PullEvent, PullImageRequest, PullImageResult};
 
 use crate::cli::ImageCmd;
 use crate::{print_json, spinner};
@@ -36,6 +36,52 @@ fn print_table(images: &[Image]) {
             size(i.size_bytes)
         );
     }
+}
+
+/// Pull with one progress bar per layer being downloaded (stderr is a terminal).
+async fn pull_with_bars(
+    client: &Client,
+    req: &PullImageRequest,
+) -> anyhow::Result<PullImageResult> {
+    use futures_util::StreamExt;
+    let bars = indicatif::MultiProgress::new();
+    let style = indicatif::ProgressStyle::with_template(
+        "{prefix} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
+    )
+    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+    .progress_chars("=> ");
+    let spin = bars.add(spinner(false, &format!("pulling {}…", req.reference)));
+    let mut layers: std::collections::HashMap<String, indicatif::ProgressBar> =
+        std::collections::HashMap::new();
+    let mut events = client.pull_image_stream(req).await?;
+    let mut result = None;
+    while let Some(ev) = events.next().await {
+        match ev? {
+            PullEvent::Progress {
+                layer,
+                bytes,
+                total,
+            } => {
+                let pb = layers.entry(layer.clone()).or_insert_with(|| {
+                    let pb = bars.add(indicatif::ProgressBar::new(total));
+                    pb.set_style(style.clone());
+                    pb.set_prefix(short(&layer).to_string());
+                    pb
+                });
+                pb.set_position(bytes);
+            }
+            PullEvent::Done { result: r } => result = Some(r),
+            PullEvent::Error { code, message } => {
+                spin.finish_and_clear();
+                anyhow::bail!("{message} ({code})");
+            }
+        }
+    }
+    spin.finish_and_clear();
+    for pb in layers.values() {
+        pb.finish();
+    }
+    result.ok_or_else(|| anyhow::anyhow!("the daemon ended the pull stream without a result"))
 }
 
 fn report(json: bool, what: &str, r: &PullImageResult) -> anyhow::Result<()> {
@@ -71,16 +117,18 @@ pub async fn run(client: &Client, json: bool, cmd: ImageCmd) -> anyhow::Result<u
             if password.is_some() && username.is_none() {
                 anyhow::bail!("--password needs --username");
             }
-            let pb = spinner(json, &format!("pulling {reference}…"));
-            let r = client
-                .pull_image(&PullImageRequest {
-                    reference,
-                    username,
-                    password,
-                })
-                .await;
-            pb.finish_and_clear();
-            report(json, "pulled", &r?)?;
+            let req = PullImageRequest {
+                reference,
+                username,
+                password,
+            };
+            if json || !std::io::stderr().is_terminal() {
+                let r = client.pull_image(&req).await?;
+                report(json, "pulled", &r)?;
+            } else {
+                let r = pull_with_bars(client, &req).await?;
+                report(false, "pulled", &r)?;
+            }
         }
         ImageCmd::Ls { quiet } => {
             let list = client.list_images().await?;

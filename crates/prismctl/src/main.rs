@@ -18,6 +18,7 @@ mod cp;
 mod image;
 mod keys;
 mod port;
+mod template;
 
 use cli::{Cli, Cmd, RunArgs};
 
@@ -349,6 +350,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             Ok(0)
         }
         Cmd::Image(c) => image::run(&client, json, c).await,
+        Cmd::Template(c) => template::run(&client, json, c).await,
         Cmd::Completions { .. } => Ok(0),
     }
 }

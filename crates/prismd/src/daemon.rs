@@ -149,9 +149,21 @@ pub async fn run(cfg: Config, runtime: Arc<dyn Runtime>) -> Result<(), DaemonErr
         pool_min_available_bytes: cfg.pool_min_available_bytes,
         ..ManagerConfig::new(sd.clone())
     };
-    let manager = SandboxManager::new(store, runtime, Arc::new(ProtoAgents), mcfg)?;
+    let failed = store.fail_unfinished_templates(
+        "the daemon stopped during the build",
+        prism_core::lifecycle::now_ms(),
+    )?;
+    if failed > 0 {
+        tracing::warn!(
+            message = "template builds interrupted by a restart marked failed",
+            count = failed
+        );
+    }
+    let manager = SandboxManager::new(store.clone(), runtime, Arc::new(ProtoAgents), mcfg)?;
     manager.set_secret_env(Arc::new(crate::auth::secrets::Provider(secrets)));
-    manager.set_resolver(Arc::new(crate::resolver::ImageResolver::new(sd)));
+    manager.set_resolver(Arc::new(
+        crate::resolver::ImageResolver::new(sd).with_templates(store.clone()),
+    ));
     if cfg.network.enabled {
         set_up_networking(&manager, &cfg.network).await;
     }

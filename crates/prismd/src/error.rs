@@ -122,6 +122,11 @@ fn resolve_error(e: &ResolveError) -> AppError {
         K::Auth => (StatusCode::UNPROCESSABLE_ENTITY, img::REGISTRY_AUTH),
         K::Unreachable => (StatusCode::FAILED_DEPENDENCY, img::REGISTRY_UNREACHABLE),
         K::BadImage => (StatusCode::UNPROCESSABLE_ENTITY, img::BAD_IMAGE),
+        K::TemplateNotFound => (StatusCode::NOT_FOUND, codes::TEMPLATE_NOT_FOUND),
+        K::TemplateNotReady => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            prism_types::templates::codes::TEMPLATE_NOT_READY,
+        ),
         K::Internal => (StatusCode::INTERNAL_SERVER_ERROR, codes::INTERNAL),
     };
     AppError::new(status, code, e.message.clone())

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -13,7 +14,10 @@ use prism_core::lifecycle::source::IMAGE_PREFIX;
 use prism_images::registry::RegistryError;
 use prism_images::store::StoreError;
 use prism_images::{Credentials, Digest, ImageRecord, ImageStore, PullError, RegistryClient};
-use prism_types::images::{Image, ImageList, PullImageRequest, PullImageResult, codes as img};
+use prism_store::SqliteStore;
+use prism_types::images::{
+    Image, ImageList, PullEvent, PullImageRequest, PullImageResult, codes as img,
+};
 use prism_types::{ApiError, codes};
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -28,10 +32,16 @@ pub struct ImagesState {
     state_dir: PathBuf,
     /// Sandboxes whose images prune must keep (none in unit tests of the routes alone).
     manager: Option<SandboxManager>,
+    /// Template records whose layers and images prune must keep.
+    templates: Option<Arc<SqliteStore>>,
 }
 
 /// The images routes, over the store in `state_dir`.
-pub fn router(state_dir: &Path, manager: Option<SandboxManager>) -> Router {
+pub fn router(
+    state_dir: &Path,
+    manager: Option<SandboxManager>,
+    templates: Option<Arc<SqliteStore>>,
+) -> Router {
     Router::new()
         .route("/v1/images", get(list))
         .route("/v1/images/pull", post(pull))
@@ -44,6 +54,7 @@ pub fn router(state_dir: &Path, manager: Option<SandboxManager>) -> Router {
         .with_state(ImagesState {
             state_dir: state_dir.to_path_buf(),
             manager,
+            templates,
         })
 }
 
@@ -119,14 +130,18 @@ pub(crate) fn image(r: &ImageRecord) -> Image {
 }
 
 #[utoipa::path(post, path = "/v1/images/pull", tag = "images", request_body = PullImageRequest,
-    responses((status = 200, description = "Pulled (or already here) and unpacked", body = PullImageResult),
+    responses((status = 200, description = "Pulled (or already here) and unpacked. With \
+                `Accept: application/x-ndjson`: a stream of PullEvent lines (layer progress, \
+                then `done` or `error`)", body = PullImageResult),
               (status = 404, description = "No such image in the registry", body = ApiError),
               (status = 422, description = "Bad reference, credentials refused, or a bad image", body = ApiError),
               (status = 502, description = "Registry unreachable or failing", body = ApiError)))]
 pub async fn pull(
     State(st): State<ImagesState>,
+    headers: axum::http::HeaderMap,
     ApiJson(req): ApiJson<PullImageRequest>,
-) -> ApiResult<Json<PullImageResult>> {
+) -> ApiResult<axum::response::Response> {
+    use axum::response::IntoResponse;
     let creds = match (req.username, req.password) {
         (Some(username), password) => Credentials::Basic {
             username,
@@ -136,15 +151,64 @@ pub async fn pull(
     };
     let client = RegistryClient::new(creds).map_err(|e| pull_error(e.into()))?;
     let store = store(&st)?;
-    let report = prism_images::pull(&store, &client, &req.reference)
+    let ndjson = headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains(crate::templates::routes::NDJSON));
+    if !ndjson {
+        return Ok(Json(pull_now(&store, &client, &req.reference, None).await?).into_response());
+    }
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let reference = req.reference;
+    tokio::spawn(async move {
+        let progress_tx = tx.clone();
+        let progress = move |p: &prism_images::BlobProgress| {
+            let _ = progress_tx.send(PullEvent::Progress {
+                layer: p.digest.to_string(),
+                bytes: p.bytes,
+                total: p.total,
+            });
+        };
+        let last = match pull_now(&store, &client, &reference, Some(&progress)).await {
+            Ok(result) => PullEvent::Done { result },
+            Err(e) => PullEvent::Error {
+                code: e.body.code,
+                message: e.body.message,
+            },
+        };
+        let _ = tx.send(last);
+    });
+    let body = futures_util::stream::unfold(rx, |mut rx| async move {
+        let ev = rx.recv().await?;
+        let mut line = serde_json::to_vec(&ev).unwrap_or_default();
+        line.push(b'\n');
+        Some((Ok::<_, std::io::Error>(axum::body::Bytes::from(line)), rx))
+    });
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            crate::templates::routes::NDJSON,
+        )],
+        axum::body::Body::from_stream(body),
+    )
+        .into_response())
+}
+
+async fn pull_now(
+    store: &ImageStore,
+    client: &RegistryClient,
+    reference: &str,
+    progress: prism_images::registry::Progress<'_>,
+) -> ApiResult<PullImageResult> {
+    let report = prism_images::pull_with(store, client, reference, progress)
         .await
         .map_err(pull_error)?;
     tracing::info!(message = "image pulled", reference = %report.record.reference,
         digest = %report.record.manifest_digest, blobs_downloaded = report.blobs_downloaded);
-    Ok(Json(PullImageResult {
+    Ok(PullImageResult {
         image: image(&report.record),
         blobs_downloaded: report.blobs_downloaded as u64,
-    }))
+    })
 }
 
 #[utoipa::path(get, path = "/v1/images", tag = "images",
@@ -193,7 +257,7 @@ pub struct PruneResult {
     responses((status = 200, description = "Unreferenced layers and blobs removed", body = PruneResult)))]
 pub async fn prune(State(st): State<ImagesState>) -> ApiResult<Json<PruneResult>> {
     let store = store(&st)?;
-    let in_use: BTreeSet<Digest> = match &st.manager {
+    let mut in_use: BTreeSet<Digest> = match &st.manager {
         Some(m) => m
             .sources_in_use()
             .await?
@@ -203,9 +267,17 @@ pub async fn prune(State(st): State<ImagesState>) -> ApiResult<Json<PruneResult>
             .collect(),
         None => BTreeSet::new(),
     };
+    let (keep_layers, template_images) = match st.templates.clone() {
+        Some(db) => tokio::task::spawn_blocking(move || crate::templates::Templates::keep(&db))
+            .await
+            .map_err(|_| store_error(StoreError::Join))?
+            .map_err(prism_core::lifecycle::LifecycleError::Store)?,
+        None => Default::default(),
+    };
+    in_use.extend(template_images);
     let gc = tokio::task::spawn_blocking(move || {
         store.prune_pins(&in_use)?;
-        store.gc()
+        store.gc_keeping(&keep_layers)
     })
     .await
     .map_err(|_| store_error(StoreError::Join))?
@@ -242,7 +314,7 @@ mod tests {
     #[tokio::test]
     async fn empty_list_bad_reference_unknown_image_and_dead_registry() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let app = router(dir.path(), None);
+        let app = router(dir.path(), None, None);
         let (s, b) = call(app.clone(), "GET", "/v1/images", "").await;
         assert_eq!((s, b.as_str()), (StatusCode::OK, r#"{"images":[]}"#));
         let (s, b) = call(

@@ -32,6 +32,7 @@ pub mod network;
 pub mod ports;
 pub mod resolver;
 pub mod runtime;
+pub mod templates;
 pub mod ws;
 
 use error::AppError;
@@ -69,10 +70,12 @@ pub struct AppState {
         auth::routes::create_key, auth::routes::list_keys, auth::routes::revoke_key,
         auth::routes::audit, metrics::scrape,
         auth::secret_routes::set, auth::secret_routes::list, auth::secret_routes::remove,
+        templates::routes::create, templates::routes::list, templates::routes::inspect,
+        templates::routes::remove,
     ),
     components(schemas(
         prism_types::ws::ExecStart, prism_types::ws::ClientMessage, prism_types::ws::ServerEvent,
-        prism_types::ws::SignalSpec, prism_types::PoolInfo,
+        prism_types::ws::SignalSpec, prism_types::PoolInfo, prism_types::templates::BuildEvent,
     )),
     tags(
         (name = "sandboxes", description = "Lifecycle"),
@@ -82,6 +85,7 @@ pub struct AppState {
         (name = "logs", description = "Output log and metrics"),
         (name = "daemon", description = "Health and information"),
         (name = "images", description = "OCI images: pull, list, remove, prune"),
+        (name = "templates", description = "Versioned templates: build, list, inspect, remove"),
         (name = "ports", description = "HTTP and WebSocket proxy to servers inside a sandbox"),
         (name = "auth", description = "API keys, project secrets and the audit trail"),
     )
@@ -110,7 +114,13 @@ pub fn app(state: AppState) -> Router {
     let images = images::router(
         &state.manager.config().state_dir,
         Some(state.manager.clone()),
+        Some(state.auth.store().clone()),
     );
+    let templates = templates::routes::router(templates::Templates::new(
+        state.manager.config().state_dir.clone(),
+        state.auth.store().clone(),
+        state.manager.clone(),
+    ));
     let open = Router::new()
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
@@ -191,6 +201,7 @@ pub fn app(state: AppState) -> Router {
     let guarded = Router::new()
         .merge(api)
         .merge(images)
+        .merge(templates)
         .merge(e2b::router(state.clone()))
         .route_layer(guard)
         .route_layer(axum::middleware::from_fn(metrics::track));

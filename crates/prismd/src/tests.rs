@@ -330,6 +330,8 @@ async fn openapi_lists_every_route_and_docs_are_served() {
         "/v1/sandboxes/{id}/exec/ws",
         "/v1/sandboxes/{id}/files",
         "/v1/sandboxes/{id}/logs",
+        "/v1/templates",
+        "/v1/templates/{reference}",
         "/healthz",
     ] {
         assert!(paths.contains_key(p), "{p} missing from OpenAPI");

@@ -9,7 +9,7 @@ mod support;
 use std::process::Command;
 
 use prism_client::ClientError;
-use prism_types::images::PullImageRequest;
+use prism_types::images::{PullEvent, PullImageRequest};
 use prism_types::{CreateSandboxRequest, ExecRequest, SandboxState};
 use support::{Daemon, prismctl};
 
@@ -114,14 +114,28 @@ async fn sandboxes_from_registry_images() {
         )],
     );
     reg.push(&v2, "1", "app:1");
-    let moved = c
-        .pull_image(&PullImageRequest {
+    // Pulled with progress (NDJSON): layer progress up to the blob's size, then the result.
+    let mut events = c
+        .pull_image_stream(&PullImageRequest {
             reference: image.clone(),
             ..Default::default()
         })
         .await
         .unwrap();
+    let (mut progress, mut done) = (Vec::new(), None);
+    while let Some(ev) = futures_util::StreamExt::next(&mut events).await {
+        match ev.unwrap() {
+            PullEvent::Progress { bytes, total, .. } => progress.push((bytes, total)),
+            PullEvent::Done { result } => done = Some(result),
+            PullEvent::Error { message, .. } => panic!("{message}"),
+        }
+    }
+    let moved = done.expect("a done event");
     assert!(moved.blobs_downloaded > 0);
+    assert!(
+        progress.last().is_some_and(|(b, t)| b == t && *t > 0),
+        "{progress:?}"
+    );
     assert!(!sb.template.ends_with(&moved.image.digest));
     c.remove_image(&image).await.unwrap();
     let pruned = c.prune_images().await.unwrap();

@@ -317,7 +317,23 @@ impl SandboxManager {
                 spec.image = Some(resolved.reference);
                 resolved.pinned
             }
-            None => spec.template.clone().unwrap_or_default(),
+            None => {
+                let name = spec.template.clone().unwrap_or_default();
+                if templates::TEMPLATES.contains(&name.as_str()) {
+                    name
+                } else {
+                    // Without a resolver only the built-in templates exist.
+                    let resolver = self
+                        .inner
+                        .resolver
+                        .get()
+                        .ok_or_else(|| LifecycleError::TemplateNotFound(name.clone()))?;
+                    let resolved = resolver.resolve(Source::Template(name)).await?;
+                    source::apply_defaults(&mut spec, resolved.defaults);
+                    validate::resources(&spec.resources)?;
+                    resolved.pinned
+                }
+            }
         };
         self.rootfs_of(&template)?;
         if let Some(member) = self.claim(&spec).await {

@@ -20,7 +20,7 @@ struct FakeResolver {
 
 impl RootfsResolver for FakeResolver {
     fn resolve(&self, source: Source) -> BoxFuture<'_, Result<Resolved, ResolveError>> {
-        let Source::Image(r) = source;
+        let (Source::Image(r) | Source::Template(r)) = source;
         Box::pin(async move {
             if r != "img:1" {
                 return Err(ResolveError::new(
@@ -36,6 +36,7 @@ impl RootfsResolver for FakeResolver {
                     cmd: vec!["echo".into(), "from-image".into()],
                     cwd: Some("/app".into()),
                     user: Some("1000".into()),
+                    ..Default::default()
                 },
             })
         })

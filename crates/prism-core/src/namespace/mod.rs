@@ -24,7 +24,9 @@ use prism_sys::launch::{LaunchConfig, launch};
 pub use plan::{MountPlan, SandboxDirs, plan};
 use slots::Slots;
 
-use crate::runtime::{Runtime, RuntimeError, SandboxHandle, SandboxSpec, SandboxStats};
+use crate::runtime::{
+    Runtime, RuntimeError, SandboxHandle, SandboxSpec, SandboxStats, WritableLayers,
+};
 
 /// Ids per sandbox (uids and gids 0..65535 inside).
 pub const IDS_PER_SANDBOX: u32 = 65536;
@@ -480,5 +482,27 @@ impl Runtime for NamespaceRuntime {
         ids.dedup();
         ids.retain(|id| validate_id(id).is_ok());
         Ok(ids)
+    }
+
+    fn writable_layers(&self, id: &str) -> Result<WritableLayers, RuntimeError> {
+        validate_id(id)?;
+        let dirs = self.dirs(id);
+        if self.lock_children().contains_key(id) {
+            return Err(RuntimeError::InvalidSpec(format!(
+                "sandbox {id} is running: stop it before capturing its writable layer"
+            )));
+        }
+        let uid_base = read_uid_base(&dirs).ok_or_else(|| RuntimeError::NotFound(id.into()))?;
+        if dirs.quota {
+            // A stopped sandbox's disk image is unmounted: mount it again (host side only;
+            // the next start or the destroy finds it mounted and unmounts it).
+            disk::ensure_mounted(&dirs, 0, uid_base)
+                .map_err(|e| RuntimeError::StartFailed(error_chain(&e)))?;
+        }
+        let uppers = (0..)
+            .map(|i| dirs.upper(i))
+            .take_while(|p| p.is_dir())
+            .collect();
+        Ok(WritableLayers { uppers, uid_base })
     }
 }

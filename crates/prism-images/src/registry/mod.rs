@@ -2,6 +2,7 @@
 //! registries), anonymous, basic or bearer-token auth, digests verified while streaming.
 
 mod auth;
+mod blob;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -9,15 +10,15 @@ use std::time::Duration;
 
 use reqwest::header::{ACCEPT, CONTENT_TYPE, WWW_AUTHENTICATE};
 use reqwest::{Response, StatusCode, Url};
-use tokio::io::AsyncWriteExt;
 use tokio::sync::Mutex;
 
 pub use auth::{Challenge, Credentials, parse_challenge};
+pub use blob::{BlobProgress, Progress};
 
-use crate::digest::{Digest, Hasher};
-use crate::manifest::{self, Descriptor};
+use crate::digest::Digest;
+use crate::manifest;
 use crate::reference::Reference;
-use crate::store::{ImageStore, StoreError};
+use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -124,10 +125,27 @@ impl RegistryClient {
         accept: &str,
         what: &str,
     ) -> Result<Response, RegistryError> {
+        self.get_from(r, url, accept, what, 0).await
+    }
+
+    /// [`Self::get`] asking for the bytes from offset `from` on (a `Range` request) when it is
+    /// not 0; the server may still answer the whole body (200).
+    async fn get_from(
+        &self,
+        r: &Reference,
+        url: &str,
+        accept: &str,
+        what: &str,
+        from: u64,
+    ) -> Result<Response, RegistryError> {
         let key = format!("{}/{}", r.registry, r.repository);
         let mut auth = self.auth.lock().await.get(&key).cloned();
         for attempt in 0..2 {
-            let req = self.apply(self.http.get(url).header(ACCEPT, accept), auth.as_ref());
+            let mut req = self.http.get(url).header(ACCEPT, accept);
+            if from > 0 {
+                req = req.header(reqwest::header::RANGE, format!("bytes={from}-"));
+            }
+            let req = self.apply(req, auth.as_ref());
             let resp = req
                 .send()
                 .await
@@ -251,75 +269,6 @@ impl RegistryClient {
             return Err(RegistryError::ManifestDigest { expected, actual });
         }
         Ok((body, ct, actual))
-    }
-
-    /// Download blob `desc` into `store` unless it is there; `true` if it was downloaded.
-    pub async fn fetch_blob(
-        &self,
-        r: &Reference,
-        desc: &Descriptor,
-        store: &ImageStore,
-    ) -> Result<bool, RegistryError> {
-        if store.has_blob(&desc.digest) {
-            return Ok(false);
-        }
-        let mut last = None;
-        for attempt in 1..=ATTEMPTS {
-            match self.fetch_blob_once(r, desc, store).await {
-                Ok(()) => return Ok(true),
-                Err(e) if e.transient() && attempt < ATTEMPTS => {
-                    tracing::warn!(message = "blob download failed, retrying", digest = %desc.digest, attempt, error = %e);
-                    last = Some(e);
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        Err(last.unwrap_or_else(|| RegistryError::NotFound(desc.digest.to_string())))
-    }
-
-    async fn fetch_blob_once(
-        &self,
-        r: &Reference,
-        desc: &Descriptor,
-        store: &ImageStore,
-    ) -> Result<(), RegistryError> {
-        let what = format!("blob {}", desc.digest);
-        let url = Self::url(r, "blobs", &desc.digest.to_string());
-        let mut resp = self.get(r, &url, "*/*", &what).await?;
-        let tmp = store.tmp_path("download");
-        let mut file = tokio::fs::File::create(&tmp)
-            .await
-            .map_err(|e| RegistryError::Write(tmp.clone(), e))?;
-        let mut hasher = Hasher::default();
-        let result: Result<(), RegistryError> = async {
-            while let Some(chunk) = resp.chunk().await.map_err(|source| RegistryError::Body {
-                what: what.clone(),
-                source,
-            })? {
-                hasher.update(&chunk);
-                if hasher.len() > desc.size {
-                    return Err(RegistryError::TooLarge {
-                        what: what.clone(),
-                        limit: desc.size,
-                    });
-                }
-                file.write_all(&chunk)
-                    .await
-                    .map_err(|e| RegistryError::Write(tmp.clone(), e))?;
-            }
-            file.sync_all()
-                .await
-                .map_err(|e| RegistryError::Write(tmp.clone(), e))
-        }
-        .await;
-        drop(file);
-        if let Err(e) = result {
-            let _ = tokio::fs::remove_file(&tmp).await;
-            return Err(e);
-        }
-        let size = hasher.len();
-        store.commit_blob(&tmp, &desc.digest, hasher.finish(), size)?;
-        Ok(())
     }
 }
 

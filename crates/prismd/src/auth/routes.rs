@@ -247,6 +247,9 @@ pub async fn create_owned(
     let Some(project) = caller.project.clone() else {
         return Ok(st.manager.create(req).await?);
     };
+    if let Some(t) = &req.template {
+        crate::templates::check_use(st.auth.store(), &project, t).await?;
+    }
     let lock = st.auth.project_lock(&project);
     let _held = lock.lock().await;
     check_quota(st, &project, &req).await?;

@@ -462,7 +462,14 @@ pub async fn list(
                 continue;
             };
             let meta_ok = metadata.iter().all(|(k, v)| sb.labels.get(k) == Some(v));
-            let template_ok = template.as_ref().is_none_or(|t| *t == sb.template);
+            // `name` matches every version (`name:3`) of a Prism template.
+            let template_ok = template.as_ref().is_none_or(|t| {
+                *t == sb.template
+                    || sb
+                        .template
+                        .strip_prefix(t.as_str())
+                        .is_some_and(|v| v.starts_with(':') && !t.contains(':'))
+            });
             if states.contains(&state) && meta_ok && template_ok {
                 page.push(detail(&sb, state));
             }
