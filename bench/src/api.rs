@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use prism_types::{CreateSandboxRequest, ExecRequest};
 
-struct Daemon(Child);
+pub struct Daemon(Child);
 
 impl Drop for Daemon {
     fn drop(&mut self) {
@@ -18,7 +18,7 @@ impl Drop for Daemon {
     }
 }
 
-fn true_req() -> ExecRequest {
+pub fn true_req() -> ExecRequest {
     ExecRequest {
         cmd: Some(vec!["/bin/true".into()]),
         ..Default::default()
@@ -26,7 +26,7 @@ fn true_req() -> ExecRequest {
 }
 
 /// A prismd on a free loopback port, ready, with `pool` idle `base` sandboxes kept warm.
-fn start_daemon(
+pub fn start_daemon(
     rt: &tokio::runtime::Runtime,
     state: &Path,
     agent: &Path,
@@ -182,4 +182,23 @@ pub fn run_pooled(
         }
         Ok((cycles, first))
     })
+}
+
+/// Wait until the daemon's first pool is full and no member is starting.
+pub async fn pool_full(client: &prism_client::Client, within: Duration) -> Result<()> {
+    let deadline = Instant::now() + within;
+    loop {
+        let info = client.info().await?;
+        if info
+            .pools
+            .first()
+            .is_some_and(|p| p.ready == p.size && p.starting == 0)
+        {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the pool never refilled: {:?}", info.pools);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
