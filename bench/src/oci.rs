@@ -1,7 +1,7 @@
 //! The OCI peers over the `base` skeleton with the host's `/usr` bind-mounted read-only:
 //! crun (rootful, no user namespace), runsc (gVisor, `--platform=ptrace`: its KVM platform hangs
 //! on this machine's paravirtual KVM), and podman (`--cgroup-manager=cgroupfs`, explicit
-//! `nofile`/`nproc` ulimits since the hard limits here cannot be raised). All run in a private
+//! `nofile`/`nproc` ulimits of 1024: crun cannot raise the hard limits here and fails with EPERM even at them). All run in a private
 //! mount namespace where the empty cgroup2 mount of a hybrid host is hidden (crun 1.8, also
 //! under podman, refuses hybrid hierarchies otherwise); the timing loop runs in a worker process
 //! inside that namespace (`prism-bench --peer-worker`) and reports nanoseconds as JSON.
@@ -89,11 +89,11 @@ pub fn worker(system: &str, bundle: &Path, warmup: usize, iterations: usize) -> 
     let ulimits = [
         format!(
             "nofile={0}:{0}",
-            hard_limit(Resource::RLIMIT_NOFILE).min(1 << 20)
+            hard_limit(Resource::RLIMIT_NOFILE).min(1024)
         ),
         format!(
             "nproc={0}:{0}",
-            hard_limit(Resource::RLIMIT_NPROC).min(1 << 20)
+            hard_limit(Resource::RLIMIT_NPROC).min(1024)
         ),
     ];
     let mut n = 0;
