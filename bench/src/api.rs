@@ -9,12 +9,23 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use prism_types::{CreateSandboxRequest, ExecRequest};
 
-pub struct Daemon(Child);
+/// A running prismd and its cgroup parent. Dropping it stops the daemon with SIGTERM (so it
+/// destroys its pool members; SIGKILL after 30 s) and removes the cgroup parent.
+pub struct Daemon(Child, String);
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while matches!(self.0.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
+        if let Ok(cg) = prism_sys::cgroup::detect(&self.1) {
+            let _ = cg.remove_parent();
+        }
     }
 }
 
@@ -43,12 +54,12 @@ pub fn start_daemon(
     let dir = state.join(name);
     std::fs::create_dir_all(&dir)?;
     let config = dir.join("prismd.toml");
+    let parent = format!("prism-bench-{name}-{}", std::process::id());
     std::fs::write(
         &config,
         format!(
-            "agent_path = {:?}\ncgroup_parent = \"prism-bench-{name}-{}\"\n",
+            "agent_path = {:?}\ncgroup_parent = \"{parent}\"\n",
             agent.display().to_string(),
-            std::process::id()
         ),
     )?;
     let daemon = Daemon(
@@ -64,6 +75,7 @@ pub fn start_daemon(
             .stderr(Stdio::null())
             .spawn()
             .context("starting prismd")?,
+        parent,
     );
     let client = prism_client::Client::new(&format!("http://127.0.0.1:{port}"))?;
     rt.block_on(async {
