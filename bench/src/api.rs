@@ -9,16 +9,27 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use prism_types::{CreateSandboxRequest, ExecRequest};
 
-struct Daemon(Child);
+/// A running prismd and its cgroup parent. Dropping it stops the daemon with SIGTERM (so it
+/// destroys its pool members; SIGKILL after 30 s) and removes the cgroup parent.
+pub struct Daemon(Child, String);
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while matches!(self.0.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
+        if let Ok(cg) = prism_sys::cgroup::detect(&self.1) {
+            let _ = cg.remove_parent();
+        }
     }
 }
 
-fn true_req() -> ExecRequest {
+pub fn true_req() -> ExecRequest {
     ExecRequest {
         cmd: Some(vec!["/bin/true".into()]),
         ..Default::default()
@@ -26,7 +37,7 @@ fn true_req() -> ExecRequest {
 }
 
 /// A prismd on a free loopback port, ready, with `pool` idle `base` sandboxes kept warm.
-fn start_daemon(
+pub fn start_daemon(
     rt: &tokio::runtime::Runtime,
     state: &Path,
     agent: &Path,
@@ -43,12 +54,12 @@ fn start_daemon(
     let dir = state.join(name);
     std::fs::create_dir_all(&dir)?;
     let config = dir.join("prismd.toml");
+    let parent = format!("prism-bench-{name}-{}", std::process::id());
     std::fs::write(
         &config,
         format!(
-            "agent_path = {:?}\ncgroup_parent = \"prism-bench-{name}-{}\"\n",
+            "agent_path = {:?}\ncgroup_parent = \"{parent}\"\n",
             agent.display().to_string(),
-            std::process::id()
         ),
     )?;
     let daemon = Daemon(
@@ -64,6 +75,7 @@ fn start_daemon(
             .stderr(Stdio::null())
             .spawn()
             .context("starting prismd")?,
+        parent,
     );
     let client = prism_client::Client::new(&format!("http://127.0.0.1:{port}"))?;
     rt.block_on(async {
@@ -231,4 +243,23 @@ pub fn run_template(
         }
         Ok((tpl, base))
     })
+}
+
+/// Wait until the daemon's first pool is full and no member is starting.
+pub async fn pool_full(client: &prism_client::Client, within: Duration) -> Result<()> {
+    let deadline = Instant::now() + within;
+    loop {
+        let info = client.info().await?;
+        if info
+            .pools
+            .first()
+            .is_some_and(|p| p.ready == p.size && p.starting == 0)
+        {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the pool never refilled: {:?}", info.pools);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }

@@ -1,55 +1,101 @@
 //! prism-bench: Prism measured side by side with its peers on this machine.
 //!
-//! `create → first exec → destroy` of a sandbox running `/bin/true` over the same root filesystem
-//! (the `base` template's skeleton plus the host's `/usr`): Prism's namespace runtime, bubblewrap,
-//! crun (with the cgroup2 mount hidden, as crun 1.8 refuses hybrid hierarchies), and plain
-//! fork+exec on the host as the floor. Prints medians, p95 and ratios; never asserts a time.
+//! Rows (`--only` picks some; all by default), each printed with p50/p95/p99 and ratios:
+//! - `create → first exec → destroy` of a sandbox running `/bin/true` over the same root
+//!   filesystem (the `base` template's skeleton plus the host's `/usr`): Prism's namespace
+//!   runtime (`prism`, and `image` over an OCI image), Prism through prismd (`api`, `pooled`),
+//!   bubblewrap, crun, runsc (gVisor, ptrace platform), podman, and plain fork+exec as the floor;
+//! - `throughput`: creates/s (cold and from a warm pool) and execs/s under N concurrent clients
+//!   through prismd;
+//! - `density`: host memory per idle sandbox while holding 100, 500, 1000 of them;
+//! - `stream`: bytes/s of stdout from a sandbox to a WebSocket client vs a host pipe.
+//!
+//! Never asserts a time. Peers that are not installed are reported absent
+//! (`bench/install-peers.sh` installs them from Debian's packages).
 
 mod api;
+mod density;
 mod image;
+mod oci;
 mod peers;
 mod prism;
 mod stats;
+mod stream;
+mod throughput;
 
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 
+const ALL: &str =
+    "fork,prism,image,api,pooled,template,bwrap,crun,runsc,podman,throughput,density,stream";
+
 #[derive(Parser, Debug)]
-#[command(about = "Prism vs. peers: create → first exec → destroy")]
+#[command(about = "Prism vs. peers: latency, throughput, density, streaming")]
 struct Args {
-    /// Measured iterations per system.
+    /// Measured iterations per system (create → exec → destroy rows).
     #[arg(long, default_value_t = 50)]
     iterations: usize,
     /// Unmeasured iterations first.
     #[arg(long, default_value_t = 3)]
     warmup: usize,
-    /// Comma-separated subset of: fork,prism,image,api,pooled,template,bwrap,crun (`api`,
-    /// `pooled` and `template` go through a real prismd, `pooled` with a warm pool of `base`,
-    /// `template` from a built template vs `base`; `image` is `prism` over an OCI image's
-    /// layers instead of the `base` template).
-    #[arg(
-        long,
-        default_value = "fork,prism,image,api,pooled,template,bwrap,crun"
-    )]
+    /// Comma-separated subset of: fork, prism, image, api, pooled, template, bwrap, crun,
+    /// runsc, podman (create → first exec → destroy; `api`, `pooled` and `template` go through a
+    /// real prismd, `pooled` with a warm pool of `base`, `template` from a built template vs
+    /// `base`; `image` is `prism` over an OCI image's layers), throughput, density, stream.
+    #[arg(long, default_value = ALL)]
     only: String,
+    /// Iterations for the slow peers (runsc, podman).
+    #[arg(long, default_value_t = 20)]
+    slow_iterations: usize,
+    /// Concurrent clients of the throughput rows.
+    #[arg(long, value_delimiter = ',', default_value = "1,10,50")]
+    clients: Vec<usize>,
+    /// Measured rounds of N simultaneous creates per N.
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+    /// Buffered execs per client in the execs/s row.
+    #[arg(long, default_value_t = 20)]
+    execs: usize,
+    /// Idle sandboxes to hold in the density rows.
+    #[arg(long, value_delimiter = ',', default_value = "100,500,1000")]
+    density: Vec<usize>,
+    /// Bytes of stdout to stream (MiB).
+    #[arg(long, default_value_t = 1024)]
+    stream_mib: u64,
+    /// Streaming runs (the median is shown).
+    #[arg(long, default_value_t = 3)]
+    stream_runs: usize,
     /// The static agent (default: target/x86_64-unknown-linux-musl/release, then debug).
     #[arg(long, env = "PRISM_AGENT")]
     agent: Option<PathBuf>,
-    /// Internal: run crun in a loop (inside a mount namespace without the cgroup2 mount).
+    /// Internal: run an OCI peer in a loop (inside a mount namespace without the cgroup2 mount).
     #[arg(long, hide = true)]
-    crun_worker: Option<PathBuf>,
+    peer_worker: Option<String>,
+    /// Internal: the OCI bundle of `--peer-worker`.
+    #[arg(long, hide = true)]
+    bundle: Option<PathBuf>,
+}
+
+/// Raise the soft `nofile` limit to the hard one (density holds many sandboxes).
+fn raise_nofile() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
 }
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    if let Some(bundle) = &args.crun_worker {
-        return peers::crun_worker(bundle, args.warmup, args.iterations);
+    if let Some(system) = &args.peer_worker {
+        let bundle = args.bundle.as_deref().context("--bundle")?;
+        return oci::worker(system, bundle, args.warmup, args.iterations);
     }
     if !nix::unistd::geteuid().is_root() {
         bail!("prism-bench needs root (namespaces, cgroups)");
     }
+    raise_nofile();
     let state = tempfile::Builder::new()
         .prefix("prism-bench-")
         .tempdir_in("/var/tmp")
@@ -57,92 +103,130 @@ fn main() -> Result<()> {
     let rootfs = prism_core::template::base::ensure(&state.path().join("templates"))?;
     let skeleton = rootfs.mounts[0].lowers[0].clone();
     let systems: Vec<&str> = args.only.split(',').map(str::trim).collect();
+    if let Some(bad) = systems.iter().find(|s| !ALL.split(',').any(|a| a == **s)) {
+        bail!("unknown row {bad:?}; pick from {ALL}");
+    }
+    let agent = || prism::agent_path(args.agent.clone());
     let mut rows: Vec<stats::Row> = Vec::new();
+    let mut tput = Vec::new();
+    let mut dens = Vec::new();
+    let mut streamed = None;
     println!(
-        "create → first exec (/bin/true) → destroy; {} iterations after {} warm-up; {} cores",
+        "prism-bench: {} iterations after {} warm-up ({} for runsc/podman); {} cores",
         args.iterations,
         args.warmup,
+        args.slow_iterations,
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     for system in systems {
         let result = match system {
             "fork" => Some(peers::fork_exec(args.warmup, args.iterations)),
-            "prism" => {
-                let agent = prism::agent_path(args.agent.clone())?;
+            "prism" | "image" => {
+                let fs = if system == "prism" {
+                    rootfs.clone()
+                } else {
+                    image::rootfs(state.path())?
+                };
                 let (total, parts) = prism::create_exec_destroy(
                     state.path(),
-                    &agent,
-                    &rootfs,
+                    &agent()?,
+                    &fs,
                     args.warmup,
                     args.iterations,
                 )?;
                 for (name, samples) in parts {
-                    rows.push(stats::Row::new(&format!("  prism: {name}"), samples));
+                    rows.push(stats::Row::new(&format!("  {system}: {name}"), samples));
                 }
                 Some(Ok(total))
             }
-            "image" => {
-                let agent = prism::agent_path(args.agent.clone())?;
-                let image_rootfs = image::rootfs(state.path())?;
-                let (total, parts) = prism::create_exec_destroy(
-                    state.path(),
-                    &agent,
-                    &image_rootfs,
-                    args.warmup,
-                    args.iterations,
-                )?;
-                for (name, samples) in parts {
-                    rows.push(stats::Row::new(&format!("  image: {name}"), samples));
-                }
-                Some(Ok(total))
-            }
-            "api" => {
-                let agent = prism::agent_path(args.agent.clone())?;
-                match api::run(state.path(), &agent, args.warmup, args.iterations) {
-                    Ok((cycle, round_trip)) => {
+            "api" => Some(
+                api::run(state.path(), &agent()?, args.warmup, args.iterations).map(
+                    |(cycle, round_trip)| {
                         rows.push(stats::Row::new("api: exec round trip", round_trip));
-                        Some(Ok(cycle))
-                    }
-                    Err(e) => Some(Err(e)),
-                }
-            }
-            "pooled" => {
-                let agent = prism::agent_path(args.agent.clone())?;
-                match api::run_pooled(state.path(), &agent, args.warmup, args.iterations) {
-                    Ok((cycle, first)) => {
+                        cycle
+                    },
+                ),
+            ),
+            "pooled" => Some(
+                api::run_pooled(state.path(), &agent()?, args.warmup, args.iterations).map(
+                    |(cycle, first)| {
                         rows.push(stats::Row::new("pooled: create → first exec", first));
-                        Some(Ok(cycle))
-                    }
-                    Err(e) => Some(Err(e)),
-                }
-            }
-            "template" => {
-                let agent = prism::agent_path(args.agent.clone())?;
-                match api::run_template(state.path(), &agent, args.warmup, args.iterations) {
-                    Ok((tpl, base)) => {
+                        cycle
+                    },
+                ),
+            ),
+            "template" => Some(
+                api::run_template(state.path(), &agent()?, args.warmup, args.iterations).map(
+                    |(tpl, base)| {
                         rows.push(stats::Row::new("api base: create → first exec", base));
                         // The `template` row: create --template → first exec.
-                        Some(Ok(tpl))
-                    }
-                    Err(e) => Some(Err(e)),
-                }
-            }
+                        tpl
+                    },
+                ),
+            ),
             "bwrap" => {
                 peers::available("bwrap").then(|| peers::bwrap(args.warmup, args.iterations))
             }
-            "crun" => peers::available("crun")
-                .then(|| peers::crun(state.path(), &skeleton, args.warmup, args.iterations)),
+            "crun" | "runsc" | "podman" => peers::available(system).then(|| {
+                let n = if system == "crun" {
+                    args.iterations
+                } else {
+                    args.slow_iterations
+                };
+                oci::run(system, state.path(), &skeleton, args.warmup, n)
+            }),
+            "throughput" => {
+                let a = agent()?;
+                for pooled in [false, true] {
+                    match throughput::creates(state.path(), &a, &args.clients, args.rounds, pooled)
+                    {
+                        Ok(l) => tput.extend(l),
+                        Err(e) => println!("throughput (pooled: {pooled}): failed: {e:#}"),
+                    }
+                }
+                match throughput::execs(state.path(), &a, &args.clients, args.execs) {
+                    Ok(l) => tput.extend(l),
+                    Err(e) => println!("throughput (execs): failed: {e:#}"),
+                }
+                continue;
+            }
+            "density" => {
+                match density::run(state.path(), &agent()?, &rootfs, &args.density) {
+                    Ok(l) => dens = l,
+                    Err(e) => println!("density: failed: {e:#}"),
+                }
+                continue;
+            }
+            "stream" => {
+                let bytes = args.stream_mib << 20;
+                match stream::run(state.path(), &agent()?, bytes, args.stream_runs) {
+                    Ok(r) => streamed = Some((bytes, r)),
+                    Err(e) => println!("stream: failed: {e:#}"),
+                }
+                continue;
+            }
             other => bail!("unknown system {other:?}"),
         };
         match result {
             Some(Ok(samples)) => rows.push(stats::Row::new(system, samples)),
             Some(Err(e)) => println!("{system}: failed: {e:#}"),
             None => println!(
-                "{system}: not installed (apt-get install {})",
+                "{system}: not installed (bench/install-peers.sh, or apt-get install {})",
                 peers::package(system)
             ),
         }
     }
-    stats::print_table(&rows);
+    if !rows.is_empty() {
+        stats::print_table(&rows);
+    }
+    if !tput.is_empty() {
+        throughput::print(&tput);
+    }
+    if !dens.is_empty() {
+        density::print(&dens);
+    }
+    if let Some((bytes, (host, ws))) = streamed {
+        stream::print(bytes, &host, &ws);
+    }
     Ok(())
 }

@@ -38,7 +38,7 @@ pub fn print_table(rows: &[Row]) {
     let fork = median_of("fork");
     let bwrap = median_of("bwrap");
     println!(
-        "{:<24} {:>10} {:>10} {:>10} {:>12} {:>10}",
+        "{:<30} {:>10} {:>10} {:>10} {:>12} {:>10}",
         "system", "p50 ms", "p95 ms", "p99 ms", "vs fork+exec", "vs bwrap"
     );
     for r in rows {
@@ -50,7 +50,7 @@ pub fn print_table(rows: &[Row]) {
             _ => "-".into(),
         };
         println!(
-            "{:<24} {:>10.2} {:>10.2} {:>10.2} {:>12} {:>10}",
+            "{:<30} {:>10.2} {:>10.2} {:>10.2} {:>12} {:>10}",
             r.name,
             ms(p50),
             ms(r.percentile(0.95)),

@@ -61,6 +61,10 @@ fn main() -> anyhow::Result<()> {
     if let Err(error) = prism_sys::proc::set_undumpable() {
         tracing::warn!(message = "cannot make the agent non-dumpable", %error);
     }
+    // Nothing the agent was born with may reach the processes it spawns (they are started
+    // without a pre-exec hook when possible; see process/spawn.rs). The listening fd is taken
+    // (and re-made close-on-exec) later.
+    prism_sys::proc::cloexec_from(3).context("cannot mark inherited fds close-on-exec")?;
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -1,10 +1,12 @@
 //! prism-store: durable state of a single `prismd` node.
 //!
 //! The [`Store`] trait is what the lifecycle code needs (sandbox records and their event trail);
-//! [`SqliteStore`] implements it on SQLite in WAL mode with `synchronous=FULL`, so a call that
-//! returns `Ok` has reached the disk: the daemon acknowledges a change only after that.
-//! `synchronous=NORMAL` would survive a crash of the daemon but could lose the last transactions
-//! on power loss, and the API promises "durable before acknowledged".
+//! [`SqliteStore`] implements it on SQLite in WAL mode. By default ([`Durability::Os`],
+//! `synchronous=NORMAL`) a call that returns `Ok` has reached the operating system: it survives a
+//! crash of the daemon, and the daemon acknowledges a change only after that; a power loss or
+//! kernel crash may lose the last commits (the sandboxes they describe die with the host too).
+//! [`Durability::Disk`] (`synchronous=FULL`) fsyncs every commit before returning, at one fsync
+//! (milliseconds on a busy disk) per state change.
 //!
 //! ```
 //! use prism_store::{SqliteStore, Store, SandboxRecord, ListFilter};
@@ -27,7 +29,7 @@ pub mod auth;
 mod sqlite;
 pub mod templates;
 
-pub use sqlite::SqliteStore;
+pub use sqlite::{Durability, SqliteStore};
 
 /// One sandbox as stored. Times are Unix milliseconds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -164,8 +166,8 @@ pub trait Store: Send + Sync + 'static {
 }
 
 /// Open (creating if needed) the SQLite store at `path`.
-pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
-    SqliteStore::open(path)
+pub fn open(path: &Path, durability: Durability) -> Result<SqliteStore, StoreError> {
+    SqliteStore::open_with(path, durability)
 }
 
 /// Lock a mutex, recovering the data if a previous holder panicked (SQLite transactions roll

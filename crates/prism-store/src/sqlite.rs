@@ -1,5 +1,6 @@
 //! SQLite implementation of [`Store`]: one connection behind a mutex (SQLite serialises writers
-//! anyway), WAL, `synchronous=FULL`, schema migrations keyed by `PRAGMA user_version`.
+//! anyway), WAL, `synchronous=NORMAL` or `FULL` ([`Durability`]), schema migrations keyed by
+//! `PRAGMA user_version`.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -105,6 +106,21 @@ CREATE TABLE templates (
 const COLUMNS: &str = "id, name, state, template, spec, handle, labels, runtime, created_at, \
                        updated_at, started_at, expires_at, exit_code, error";
 
+/// When a committed transaction is safe.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Durability {
+    /// `synchronous=NORMAL`: a commit is in the operating system when the call returns (it
+    /// survives a crash of the daemon); WAL is fsynced at checkpoints, so a power loss or kernel
+    /// crash may lose the last commits (never corrupts the database). The sandboxes of those
+    /// commits die with the host anyway; recovery treats what is left as orphans. No fsync on
+    /// the create path.
+    #[default]
+    Os,
+    /// `synchronous=FULL`: every commit is fsynced before the call returns (one fsync per
+    /// state change on the create/destroy path).
+    Disk,
+}
+
 /// The SQLite store.
 pub struct SqliteStore {
     conn: Mutex<Connection>,
@@ -125,25 +141,32 @@ fn sql(op: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
 }
 
 impl SqliteStore {
-    /// Open or create the database file at `path` and bring its schema up to date.
+    /// Open or create the database file at `path` and bring its schema up to date, with the
+    /// default [`Durability`].
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_with(path, Durability::default())
+    }
+
+    /// [`Self::open`] with the given durability.
+    pub fn open_with(path: &Path, durability: Durability) -> Result<Self, StoreError> {
         let conn = Connection::open(path).map_err(|source| StoreError::Open {
             path: path.display().to_string(),
             source,
         })?;
-        Self::init(conn, true)
+        Self::init(conn, Some(durability))
     }
 
     /// A private in-memory database (tests).
     pub fn open_in_memory() -> Result<Self, StoreError> {
         let conn = Connection::open_in_memory().map_err(sql("open"))?;
-        Self::init(conn, false)
+        Self::init(conn, None)
     }
 
-    fn init(conn: Connection, wal: bool) -> Result<Self, StoreError> {
+    /// `wal`: the file's durability (None: in memory, no WAL).
+    fn init(conn: Connection, wal: Option<Durability>) -> Result<Self, StoreError> {
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(sql("busy_timeout"))?;
-        if wal {
+        if wal.is_some() {
             let mode: String = conn
                 .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
                 .map_err(sql("journal_mode"))?;
@@ -151,8 +174,14 @@ impl SqliteStore {
                 tracing::warn!(message = "SQLite refused WAL mode", %mode);
             }
         }
-        conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;")
-            .map_err(sql("pragmas"))?;
+        let sync = match wal {
+            Some(Durability::Os) => "NORMAL",
+            Some(Durability::Disk) | None => "FULL",
+        };
+        conn.execute_batch(&format!(
+            "PRAGMA synchronous={sync}; PRAGMA foreign_keys=ON;"
+        ))
+        .map_err(sql("pragmas"))?;
         let store = SqliteStore {
             conn: Mutex::new(conn),
         };

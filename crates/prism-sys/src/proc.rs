@@ -126,6 +126,19 @@ pub fn set_undumpable() -> io::Result<()> {
     Ok(())
 }
 
+/// Mark every open fd from `first` up close-on-exec (`close_range(CLOSE_RANGE_CLOEXEC)`), so
+/// no fd the process inherited leaks into what it spawns later (the agent calls this at start;
+/// every fd Rust opens afterwards is close-on-exec already).
+pub fn cloexec_from(first: u32) -> io::Result<()> {
+    const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+    // SAFETY: close_range with integer arguments only; it changes fd flags, not memory.
+    let rc = unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, CLOSE_RANGE_CLOEXEC) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Field 22 (`starttime`, clock ticks since boot) of `/proc/PID/stat`.
 pub fn start_time(pid: u32) -> io::Result<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;

@@ -11,6 +11,7 @@
 //! exec_output_limit = 1048576   # cap of stdout and of stderr of a buffered exec
 //! janitor_interval_s = 5
 //! pool_min_available_mb = 512   # pools empty themselves while MemAvailable is below this
+//! fsync_state = false           # true: fsync every state commit (survives power loss; slower)
 //!
 //! [[pools]]                     # warm pools: idle started sandboxes that create claims
 //! template = "base"
@@ -96,6 +97,7 @@ pub struct FileConfig {
     #[serde(default)]
     pub pools: Vec<FilePool>,
     pub pool_min_available_mb: Option<u64>,
+    pub fsync_state: Option<bool>,
     pub auth: Option<bool>,
     pub limits: Option<crate::auth::Limits>,
     /// Host networking for `open`/`allow` sandboxes (default true; needs root and nft).
@@ -141,6 +143,9 @@ pub struct Config {
     pub pools: Vec<PoolConfig>,
     /// Pools shrink while the host's MemAvailable is below this many bytes (0 = never).
     pub pool_min_available_bytes: u64,
+    /// fsync every commit of the state database (`synchronous=FULL`); default: commits reach
+    /// the OS (survive a daemon crash, not a power loss).
+    pub fsync_state: bool,
     /// Require API keys.
     pub auth: bool,
     /// Rate limits and quotas (with auth on).
@@ -327,6 +332,7 @@ impl Config {
             log_json: flags.log_json,
             pools,
             pool_min_available_bytes: file.pool_min_available_mb.unwrap_or(512) << 20,
+            fsync_state: file.fsync_state.unwrap_or(false),
             auth,
             limits: file.limits.unwrap_or_default(),
             network,
@@ -374,6 +380,17 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
         assert_eq!(c.state_dir, PathBuf::from("/var/lib/prism"));
+    }
+
+    #[test]
+    fn state_commits_reach_the_os_unless_fsync_is_asked_for() {
+        let c = Config::resolve(&Flags::default(), &FileConfig::default(), true)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(!c.fsync_state);
+        let file: FileConfig =
+            toml::from_str("fsync_state = true").unwrap_or_else(|e| panic!("{e}"));
+        let c = Config::resolve(&Flags::default(), &file, true).unwrap_or_else(|e| panic!("{e}"));
+        assert!(c.fsync_state);
     }
 
     #[test]

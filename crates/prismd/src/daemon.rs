@@ -130,7 +130,12 @@ pub async fn run(cfg: Config, runtime: Arc<dyn Runtime>) -> Result<(), DaemonErr
         source,
     })?;
     let _lock = lock_state_dir(sd)?;
-    let store = Arc::new(prism_store::open(&sd.join("prism.db"))?);
+    let durability = if cfg.fsync_state {
+        prism_store::Durability::Disk
+    } else {
+        prism_store::Durability::Os
+    };
+    let store = Arc::new(prism_store::open(&sd.join("prism.db"), durability)?);
     let secrets = Arc::new(crate::auth::secrets::Secrets::open(sd, store.clone())?);
     let auth = Arc::new(
         crate::auth::Auth::new(cfg.auth, store.clone(), cfg.limits)?.with_secrets(secrets.clone()),

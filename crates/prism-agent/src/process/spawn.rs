@@ -78,13 +78,19 @@ pub fn spawn(p: &SpawnParams<'_>) -> Result<Spawned, ConnectError> {
         .current_dir(&cwd)
         .env_clear()
         .envs(env);
-    prism_sys::exec::configure(
-        &mut cmd,
-        prism_sys::exec::ChildSetup {
-            session_with_ctty: p.pty.is_some(),
-            identity,
-        },
-    );
+    // Without a terminal or an identity change nothing runs between fork and exec, so std can
+    // use posix_spawn (a vfork-like clone: no copy of the agent's page tables, no copy-on-write
+    // faults afterwards). Inherited fds cannot leak: the agent marked every fd it was born with
+    // close-on-exec at start, and every fd Rust opens is.
+    if p.pty.is_some() || identity.is_some() {
+        prism_sys::exec::configure(
+            &mut cmd,
+            prism_sys::exec::ChildSetup {
+                session_with_ctty: p.pty.is_some(),
+                identity,
+            },
+        );
+    }
 
     let mut pty_master = None;
     if let Some(size) = p.pty {

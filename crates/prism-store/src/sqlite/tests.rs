@@ -175,3 +175,21 @@ fn corrupt_rows_are_errors_not_panics() {
         .unwrap();
     assert!(matches!(s.get("a1"), Err(StoreError::Corrupt { .. })));
 }
+
+#[test]
+fn durability_sets_the_synchronous_pragma_and_records_survive_either_way() {
+    let dir = tempfile::tempdir().unwrap();
+    for (durability, expect) in [(Durability::Os, 1), (Durability::Disk, 2)] {
+        let path = dir.path().join(format!("{durability:?}.db"));
+        {
+            let s = SqliteStore::open_with(&path, durability).unwrap();
+            let sync: i64 = lock(&s.conn)
+                .query_row("PRAGMA synchronous", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(sync, expect, "{durability:?}");
+            s.insert(&rec("d1", None)).unwrap();
+        }
+        let s = SqliteStore::open_with(&path, durability).unwrap();
+        assert!(s.get("d1").unwrap().is_some());
+    }
+}
