@@ -169,6 +169,32 @@ async fn keys_projects_and_every_sandbox_route_is_scoped() {
         );
     }
 
+    // Templates belong to the project that built them: B cannot see, use, replace or remove A's.
+    let spec: prism_types::templates::TemplateSpec =
+        serde_json::from_value(serde_json::json!({"name": "team-a-tpl", "env": {"T": "a"}}))
+            .unwrap();
+    let t = a.create_template(&spec).await.unwrap();
+    assert_eq!(t.reference, "team-a-tpl:1");
+    assert_eq!(a.list_templates().await.unwrap().templates.len(), 1);
+    assert!(b.list_templates().await.unwrap().templates.is_empty());
+    for e in [
+        b.get_template("team-a-tpl").await.unwrap_err(),
+        b.remove_template("team-a-tpl:1").await.unwrap_err(),
+        b.create(&serde_json::from_value(serde_json::json!({"template": "team-a-tpl"})).unwrap())
+            .await
+            .unwrap_err(),
+    ] {
+        assert_eq!(e.status(), Some(404), "{e}");
+    }
+    let e = b.create_template(&spec).await.unwrap_err();
+    assert_eq!(e.status(), Some(409), "{e}");
+    let sa_t = a
+        .create(&serde_json::from_value(serde_json::json!({"template": "team-a-tpl"})).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(sa_t.template, "team-a-tpl:1");
+    a.destroy(&sa_t.id).await.unwrap();
+
     // prismctl with A's key sees A's sandbox only and cannot exec in B's.
     let out = Command::new(prismctl())
         .args(["--api", &base, "--api-key", &a_key, "ls", "-q"])

@@ -14,7 +14,9 @@ def test_sdk_creates_from_a_prism_template():
         "run": ["mkdir -p /srv && echo from-template > /srv/e2b && echo x >> /srv/runs"],
         "env": {"TPL_VAR": "tpl"},
     }
-    r = httpx.post(f"{api}/v1/templates", json=spec, timeout=120)
+    # With auth on (crates/prismd/tests/e2b.rs), the E2B key is a Prism key in either form.
+    headers = {"X-API-KEY": os.environ["E2B_API_KEY"]}
+    r = httpx.post(f"{api}/v1/templates", json=spec, headers=headers, timeout=120)
     assert r.status_code == 201, r.text
     version = r.json()["version"]
     sb = Sandbox.create(template="e2b-tpl", timeout=120)

@@ -24,15 +24,16 @@ const SANDBOX_PARAMS: &[&str] = &["id", "sandboxID", "sandbox_id", "sandboxId"];
 #[derive(Debug, Clone)]
 pub struct AuditSandbox(pub String);
 
-/// Routes a project key may call; every other route needs an admin key.
+/// Routes a project key may call; every other route needs an admin key. Templates belong to
+/// projects (the handlers scope every call to the caller's project); images are the node's.
 fn project_may_call(method: &Method, route: &str) -> bool {
     route.starts_with("/v1/sandboxes")
+        || route.starts_with("/v1/templates")
         || route.starts_with("/sandboxes")
         || route.starts_with("/v2/sandboxes")
         || route.starts_with("/v1/secrets")
         || route == "/v1/audit"
-        || (method == Method::GET
-            && (route.starts_with("/v1/images") || route.starts_with("/v1/templates")))
+        || (method == Method::GET && route.starts_with("/v1/images"))
 }
 
 /// Requests recorded in the audit trail: every change, and interactive sessions.
@@ -213,6 +214,11 @@ mod tests {
         assert!(project_may_call(&Method::POST, "/v1/sandboxes/{id}/exec"));
         assert!(project_may_call(&Method::GET, "/v1/images"));
         assert!(!project_may_call(&Method::POST, "/v1/images/pull"));
+        assert!(project_may_call(&Method::POST, "/v1/templates"));
+        assert!(project_may_call(
+            &Method::DELETE,
+            "/v1/templates/{reference}"
+        ));
         assert!(!project_may_call(&Method::POST, "/v1/api-keys"));
         assert!(!project_may_call(&Method::GET, "/v1/info"));
         assert!(!project_may_call(&Method::GET, "/v1/some-future-route"));
