@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use prism_core::namespace::{NamespaceConfig, NamespaceRuntime};
+use prism_core::namespace::NamespaceRuntime;
 use prism_core::{Limits, RootfsSpec, Runtime, SandboxHandle, SandboxSpec};
 use prism_proto::AgentClient;
 
@@ -92,13 +92,7 @@ fn hold(
 /// Hold each count in turn.
 pub fn run(state: &Path, agent: &Path, rootfs: &RootfsSpec, counts: &[usize]) -> Result<Vec<Line>> {
     let parent = format!("prism-bench-density-{}", std::process::id());
-    let runtime = NamespaceRuntime::new(
-        NamespaceConfig {
-            sandboxes_dir: state.join("density"),
-            agent_path: agent.to_path_buf(),
-        },
-        prism_sys::cgroup::detect(&parent)?,
-    )?;
+    let runtime = crate::prism::runtime_in(state.join("density"), agent, &parent)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

@@ -11,6 +11,17 @@ use prism_core::{Limits, RootfsSpec, Runtime, SandboxSpec};
 use prism_proto::AgentClient;
 use prism_proto::process::{ProcessConfig, ProcessEvent, StartRequest};
 
+/// A namespace runtime keeping its sandboxes in `dir`, under the cgroup parent `parent`.
+pub fn runtime_in(dir: PathBuf, agent: &Path, parent: &str) -> Result<NamespaceRuntime> {
+    Ok(NamespaceRuntime::new(
+        NamespaceConfig {
+            sandboxes_dir: dir,
+            agent_path: agent.to_path_buf(),
+        },
+        prism_sys::cgroup::detect(parent)?,
+    )?)
+}
+
 pub fn agent_path(given: Option<PathBuf>) -> Result<PathBuf> {
     if let Some(p) = given {
         return Ok(p);
@@ -36,13 +47,7 @@ pub fn create_exec_destroy(
     iterations: usize,
 ) -> Result<(Vec<Duration>, Parts)> {
     let parent = format!("prism-bench-{}", std::process::id());
-    let runtime = NamespaceRuntime::new(
-        NamespaceConfig {
-            sandboxes_dir: state.join("sandboxes"),
-            agent_path: agent.to_path_buf(),
-        },
-        prism_sys::cgroup::detect(&parent)?,
-    )?;
+    let runtime = runtime_in(state.join("sandboxes"), agent, &parent)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
