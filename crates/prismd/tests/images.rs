@@ -6,12 +6,10 @@
 mod registry;
 mod support;
 
-use std::process::Command;
-
 use prism_client::ClientError;
 use prism_types::images::{PullEvent, PullImageRequest};
 use prism_types::{CreateSandboxRequest, ExecRequest, SandboxState};
-use support::{Daemon, prismctl};
+use support::Daemon;
 
 fn create_req(json: serde_json::Value) -> CreateSandboxRequest {
     serde_json::from_value(json).unwrap()
@@ -176,19 +174,7 @@ async fn sandboxes_from_registry_images() {
     assert!(live.is_empty(), "{live:?}");
 
     // prismctl: image import of an OCI layout, then run from it without a registry.
-    let ctl = |args: &[&str]| {
-        let o = Command::new(prismctl())
-            .arg("--api")
-            .arg(d.url())
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            o.status.code(),
-            String::from_utf8_lossy(&o.stdout).into_owned(),
-            String::from_utf8_lossy(&o.stderr).into_owned(),
-        )
-    };
+    let ctl = |args: &[&str]| d.ctl(args);
     let (code, stdout, stderr) = ctl(&[
         "image",
         "import",

@@ -9,12 +9,11 @@ mod registry;
 mod support;
 
 use std::collections::BTreeMap;
-use std::process::Command;
 
 use prism_client::{Client, ClientError};
 use prism_types::templates::{TemplateSpec, TemplateStatus};
 use prism_types::{CreateSandboxRequest, ExecRequest};
-use support::{Daemon, prismctl};
+use support::Daemon;
 
 fn create(template: &str) -> CreateSandboxRequest {
     CreateSandboxRequest {
@@ -331,19 +330,7 @@ async fn templates_from_base_failures_and_the_cli() {
     );
 
     // The CLI: create (plain progress lines on a non-terminal), ls, inspect, run, rm.
-    let ctl = |args: &[&str]| {
-        let o = Command::new(prismctl())
-            .arg("--api")
-            .arg(d.url())
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            o.status.code(),
-            String::from_utf8_lossy(&o.stdout).into_owned(),
-            String::from_utf8_lossy(&o.stderr).into_owned(),
-        )
-    };
+    let ctl = |args: &[&str]| d.ctl(args);
     let file = state.path().join("tpl.toml");
     std::fs::write(
         &file,

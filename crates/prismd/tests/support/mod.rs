@@ -174,6 +174,21 @@ impl Daemon {
         d
     }
 
+    /// Runs prismctl against this daemon: `(exit code, stdout, stderr)`.
+    pub fn ctl(&self, args: &[&str]) -> (Option<i32>, String, String) {
+        let o = Command::new(prismctl())
+            .arg("--api")
+            .arg(self.url())
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    }
+
     /// The bootstrap admin key prismd wrote on its first start with auth on.
     pub fn admin_key(&self) -> String {
         std::fs::read_to_string(self.state.join("admin.key"))
