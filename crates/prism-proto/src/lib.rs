@@ -34,6 +34,7 @@
 pub mod client;
 pub mod code;
 mod code_client;
+mod conn_pool;
 pub mod envelope;
 pub mod error;
 pub mod filesystem;
@@ -43,6 +44,7 @@ pub mod ports;
 pub mod process;
 
 pub use client::{AgentClient, ByteStream, RpcStream};
+pub use conn_pool::AgentPool;
 pub use error::{Code, ConnectError, ProtoError};
 pub use json::{decode_base64, format_rfc3339};
 pub use port_client::PortStream;
