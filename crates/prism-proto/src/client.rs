@@ -19,10 +19,13 @@ use serde::de::DeserializeOwned;
 use tokio::net::UnixStream;
 
 use crate::conn_pool::{AgentPool, Http, full};
-use crate::envelope::{self, CONTENT_TYPE_STREAM, CONTENT_TYPE_UNARY, Decoder, EndStream};
+use crate::envelope::{
+    self, CONTENT_TYPE_STREAM, CONTENT_TYPE_UNARY, Decoder, EndStream, EnvelopeError,
+};
 use crate::error::{ProtoError, parse_error_body};
 use crate::filesystem::{self as fs, EntryInfo, FilesystemEvent, UploadedEntry, WatchDirResponse};
 use crate::process::{self as pr, ProcessEvent, ProcessInput, ProcessSelector, PtySize, Signal};
+use crate::raw_output::{self, FLAG_RAW_DATA, RAW_OUTPUT_HEADER, RAW_OUTPUT_VALUE};
 
 /// A stream of decoded server-stream messages; ends after the end-of-stream envelope, yielding
 /// its error (if any) as the last item.
@@ -206,15 +209,33 @@ impl AgentClient {
         Ok(r.processes)
     }
 
+    /// A `Start`/`Connect` stream, asking for raw output envelopes (see [`crate::raw_output`]).
+    async fn process_events<Req: Serialize>(
+        &self,
+        method: &str,
+        req: &Req,
+    ) -> Result<RpcStream<ProcessEvent>, ProtoError> {
+        let req = self
+            .request(Method::POST, &format!("/{}/{method}", pr::SERVICE))
+            .header(header::CONTENT_TYPE, CONTENT_TYPE_STREAM)
+            .header(RAW_OUTPUT_HEADER, RAW_OUTPUT_VALUE)
+            .body(full(envelope::encode_message(req)?))?;
+        let resp = check_status(self.send(req).await?).await?;
+        let raw = |payload| {
+            raw_output::decode_raw(payload).map(|d| pr::StartResponse {
+                event: ProcessEvent::Data(d),
+            })
+        };
+        let s = decode_stream_with::<pr::StartResponse>(resp.into_body(), raw);
+        Ok(s.map_ok(|r| r.event).boxed())
+    }
+
     /// `Start`: spawns a process; the stream yields `start`, `data`…, `end` events.
     pub async fn start(
         &self,
         req: &pr::StartRequest,
     ) -> Result<RpcStream<ProcessEvent>, ProtoError> {
-        let s = self
-            .server_stream::<_, pr::StartResponse>(pr::SERVICE, "Start", req)
-            .await?;
-        Ok(s.map_ok(|r| r.event).boxed())
+        self.process_events("Start", req).await
     }
 
     /// `Connect`: re-attaches to a running process.
@@ -225,10 +246,7 @@ impl AgentClient {
         let req = pr::ConnectRequest {
             process: Some(process),
         };
-        let s = self
-            .server_stream::<_, pr::ConnectResponse>(pr::SERVICE, "Connect", &req)
-            .await?;
-        Ok(s.map_ok(|r| r.event).boxed())
+        self.process_events("Connect", &req).await
     }
 
     /// `Update`: resizes a process's PTY.
@@ -489,16 +507,27 @@ pub(crate) fn body_stream(body: Incoming) -> ByteStream {
     .boxed()
 }
 
-struct DecodeState {
+struct DecodeState<T> {
     body: Incoming,
     decoder: Decoder,
+    raw: fn(Bytes) -> Option<T>,
 }
 
 /// Decodes a Connect streaming response body into messages.
 fn decode_stream<T: DeserializeOwned + Send + 'static>(body: Incoming) -> RpcStream<T> {
+    decode_stream_with(body, |_| None)
+}
+
+/// [`decode_stream`], with raw output envelopes turned into messages by `raw` (`None`: an
+/// envelope nobody asked for, which ends the stream with an error).
+fn decode_stream_with<T: DeserializeOwned + Send + 'static>(
+    body: Incoming,
+    raw: fn(Bytes) -> Option<T>,
+) -> RpcStream<T> {
     let state = DecodeState {
         body,
         decoder: Decoder::default(),
+        raw,
     };
     stream::unfold(Some(state), |state| async move {
         let mut st = state?;
@@ -511,6 +540,12 @@ fn decode_stream<T: DeserializeOwned + Send + 'static>(body: Incoming) -> RpcStr
                         Err(e) => return Some((Err(e.into()), None)),
                     };
                     return end.error.map(|e| (Err(ProtoError::Rpc(e)), None));
+                }
+                Ok(Some(env)) if env.flags & FLAG_RAW_DATA != 0 => {
+                    return Some(match (st.raw)(env.data) {
+                        Some(item) => (Ok(item), Some(st)),
+                        None => (Err(EnvelopeError::UnexpectedRaw.into()), None),
+                    });
                 }
                 Ok(Some(env)) => {
                     let item = serde_json::from_slice::<T>(&env.data).map_err(ProtoError::from);

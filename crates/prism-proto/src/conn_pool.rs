@@ -78,7 +78,7 @@ const HEX: &[u8; 16] = b"0123456789abcdef";
 
 fn socket_path(host: &str) -> Option<PathBuf> {
     let digits = host.as_bytes();
-    if digits.len() % 2 != 0 {
+    if !digits.len().is_multiple_of(2) {
         return None;
     }
     let nibble = |c: u8| {
