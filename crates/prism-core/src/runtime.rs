@@ -135,9 +135,8 @@ pub trait Runtime: Send + Sync + 'static {
     /// Current usage counters.
     fn stats(&self, handle: &SandboxHandle) -> Result<SandboxStats, RuntimeError>;
 
-    /// [`SandboxStats::oom_kills`] alone: read before and after every exec, on an async
-    /// thread, so it must be cheap and must not block (the full [`Runtime::stats`] also walks
-    /// the writable layer for its disk usage; override this where that matters).
+    /// [`SandboxStats::oom_kills`] alone: read before and after every exec, so it must be
+    /// cheap (the full [`Runtime::stats`] also walks the writable layer for its disk usage).
     fn oom_kills(&self, handle: &SandboxHandle) -> Result<u64, RuntimeError> {
         self.stats(handle).map(|s| s.oom_kills)
     }

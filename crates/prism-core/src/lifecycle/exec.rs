@@ -80,16 +80,17 @@ impl ExecSession {
     }
 }
 
-/// The sandbox's OOM-kill counter, read before and after every exec. Read on the calling
-/// thread, not through `blocking`: it is one small read of a cgroup pseudo-file (no disk I/O,
-/// see [`crate::Runtime::oom_kills`]), while the two thread hand-offs of `blocking` were
-/// measured to cost more than the read on this host.
-fn oom_kills(m: &SandboxManager, handle: &SandboxHandle) -> Option<u64> {
-    m.inner.runtime.oom_kills(handle).ok()
+async fn oom_kills(m: &SandboxManager, handle: &SandboxHandle) -> Option<u64> {
+    let rt = m.inner.runtime.clone();
+    let h = handle.clone();
+    match blocking(move || rt.oom_kills(&h)).await {
+        Ok(Ok(n)) => Some(n),
+        _ => None,
+    }
 }
 
 async fn oom_since(m: &SandboxManager, handle: &SandboxHandle, before: Option<u64>) -> bool {
-    match (before, oom_kills(m, handle)) {
+    match (before, oom_kills(m, handle).await) {
         (Some(b), Some(a)) => a > b,
         _ => false,
     }
@@ -124,8 +125,9 @@ impl SandboxManager {
     ) -> Result<ExecResult, LifecycleError> {
         let (argv, timeout_s) = validate::exec(&req)?;
         let (rec, handle, agent) = self.running(id_or_name).await?;
-        let oom_before = oom_kills(self, &handle);
-        let mut env = self.process_env(&rec).await;
+        // The OOM counter before the process and the secrets for its environment are read in
+        // parallel (each on the blocking pool).
+        let (mut env, oom_before) = tokio::join!(self.process_env(&rec), oom_kills(self, &handle));
         env.extend(req.env.clone());
         let spec = ProcSpec {
             argv,
@@ -217,7 +219,7 @@ impl SandboxManager {
             stdin: true,
             tag: None,
         };
-        let oom_before = oom_kills(self, &handle);
+        let oom_before = oom_kills(self, &handle).await;
         let ProcStream { pid, events } = agent.spawn(spec).await?;
         let session = ExecSession {
             pid,
