@@ -35,6 +35,11 @@ impl AsyncPipe {
         self.fd.get_ref()
     }
 
+    /// Waits until a read would not block (data, EOF or an error is pending).
+    pub async fn readable(&self) -> io::Result<()> {
+        self.fd.readable().await.map(drop)
+    }
+
     /// Reads some bytes; `Ok(0)` at EOF (a PTY whose slave side is gone reads as EOF).
     pub async fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
         loop {

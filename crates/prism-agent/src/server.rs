@@ -16,7 +16,7 @@ use hyper::body::Incoming;
 use prism_proto::envelope::{self, CONTENT_TYPE_STREAM, CONTENT_TYPE_UNARY, Decoder};
 use prism_proto::filesystem as fsp;
 use prism_proto::process::{self as pr, ProcessEvent, ProcessSelector};
-use prism_proto::{Code, ConnectError};
+use prism_proto::{Code, ConnectError, raw_output};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -110,6 +110,7 @@ async fn rpc(
 ) -> Result<Response<RespBody>, ConnectError> {
     let user = request_user(&app.accounts, &req);
     let streaming = is_stream(&req);
+    let raw = wants_raw_output(&req);
     match (service, method) {
         (pr::SERVICE, "Start") => {
             let started = async {
@@ -120,7 +121,7 @@ async fn rpc(
             }
             .await;
             Ok(match started {
-                Ok(s) => process_stream(s.pid, s.events),
+                Ok(s) => process_stream(s.pid, s.events, raw),
                 Err(e) => stream_error(e),
             })
         }
@@ -131,7 +132,7 @@ async fn rpc(
             }
             .await;
             Ok(match attached {
-                Ok((pid, sub)) => process_stream(pid, sub),
+                Ok((pid, sub)) => process_stream(pid, sub, raw),
                 Err(e) => stream_error(e),
             })
         }
@@ -227,10 +228,36 @@ fn selector(sel: Option<ProcessSelector>) -> Result<ProcessSelector, ConnectErro
     sel.ok_or_else(|| ConnectError::new(Code::InvalidArgument, "process selector is missing"))
 }
 
-fn process_stream(pid: u32, sub: crate::process::Subscription) -> Response<RespBody> {
+fn process_stream(pid: u32, sub: crate::process::Subscription, raw: bool) -> Response<RespBody> {
     let first = ProcessEvent::Start(pr::StartEvent { pid });
     let events = event_stream(Some(first), sub, KEEPALIVE);
-    stream_response(events.map(|event| encode(&pr::StartResponse { event })))
+    stream_response(
+        events.flat_map(move |event| futures_util::stream::iter(frame_event(event, raw))),
+    )
+}
+
+/// The body chunks of one process event: a JSON envelope, or (raw output asked for) the raw
+/// envelope's header followed by the output bytes as they were read, uncopied.
+fn frame_event(event: ProcessEvent, raw: bool) -> Vec<Result<Bytes, ConnectError>> {
+    match event {
+        ProcessEvent::Data(data) if raw => {
+            let header = raw_output::raw_header(&data);
+            let bytes = data.bytes().clone();
+            if bytes.is_empty() {
+                vec![Ok(header)]
+            } else {
+                vec![Ok(header), Ok(bytes)]
+            }
+        }
+        event => vec![encode(&pr::StartResponse { event })],
+    }
+}
+
+/// Whether the client asked for raw output envelopes (prismd does; E2B SDKs do not).
+fn wants_raw_output(req: &Request<Incoming>) -> bool {
+    req.headers()
+        .get(raw_output::RAW_OUTPUT_HEADER)
+        .is_some_and(|v| v == raw_output::RAW_OUTPUT_VALUE)
 }
 
 /// `StreamInput`: the first message selects the process, the rest are written in order.

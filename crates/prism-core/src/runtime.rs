@@ -135,6 +135,12 @@ pub trait Runtime: Send + Sync + 'static {
     /// Current usage counters.
     fn stats(&self, handle: &SandboxHandle) -> Result<SandboxStats, RuntimeError>;
 
+    /// [`SandboxStats::oom_kills`] alone: read before and after every exec, so it must be
+    /// cheap (the full [`Runtime::stats`] also walks the writable layer for its disk usage).
+    fn oom_kills(&self, handle: &SandboxHandle) -> Result<u64, RuntimeError> {
+        self.stats(handle).map(|s| s.oom_kills)
+    }
+
     /// Ids of sandboxes that have something on this host (directories, cgroups): the janitor
     /// destroys those with no record.
     fn leftovers(&self) -> Result<Vec<String>, RuntimeError>;

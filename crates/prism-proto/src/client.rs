@@ -1,5 +1,6 @@
-//! The host-side client of `prism-agent`: one HTTP/1.1 connection over the agent's unix socket
-//! per call, typed methods for every RPC, and a raw pass-through.
+//! The host-side client of `prism-agent`: typed methods for every RPC over keep-alive HTTP/1.1
+//! connections to the agent's unix socket (kept in a pool, see [`AgentPool`]), and a raw
+//! pass-through on a connection of its own.
 
 use std::path::{Path, PathBuf};
 
@@ -10,17 +11,21 @@ use futures_util::{Stream, StreamExt, TryStreamExt};
 use http::{Method, Request, Response, StatusCode, header};
 use http_body::{Body, Frame};
 use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Full, StreamBody};
+use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::net::UnixStream;
 
-use crate::envelope::{self, CONTENT_TYPE_STREAM, CONTENT_TYPE_UNARY, Decoder, EndStream};
+use crate::conn_pool::{AgentPool, Http, full};
+use crate::envelope::{
+    self, CONTENT_TYPE_STREAM, CONTENT_TYPE_UNARY, Decoder, EndStream, EnvelopeError,
+};
 use crate::error::{ProtoError, parse_error_body};
 use crate::filesystem::{self as fs, EntryInfo, FilesystemEvent, UploadedEntry, WatchDirResponse};
 use crate::process::{self as pr, ProcessEvent, ProcessInput, ProcessSelector, PtySize, Signal};
+use crate::raw_output::{self, FLAG_RAW_DATA, RAW_OUTPUT_HEADER, RAW_OUTPUT_VALUE};
 
 /// A stream of decoded server-stream messages; ends after the end-of-stream envelope, yielding
 /// its error (if any) as the last item.
@@ -30,20 +35,29 @@ pub type ByteStream = BoxStream<'static, Result<Bytes, ProtoError>>;
 /// The request body type used by the client.
 pub type ClientBody = UnsyncBoxBody<Bytes, std::io::Error>;
 
-/// Client of one agent, addressed by its unix socket path.
+/// Client of one agent, addressed by its unix socket path. Clones share its connections.
 #[derive(Debug, Clone)]
 pub struct AgentClient {
     socket: PathBuf,
+    /// The pool key of the socket (its path, hex-encoded, as the URI's host).
+    authority: http::uri::Authority,
     user: Option<String>,
+    http: Http,
 }
 
 impl AgentClient {
-    /// A client for the agent listening on `socket_path`; requests run as the agent's default
-    /// user (root) unless [`AgentClient::with_user`] is used.
+    /// A client for the agent listening on `socket_path`, with a connection pool of its own;
+    /// requests run as the agent's default user (root) unless [`AgentClient::with_user`] is used.
     pub fn new(socket_path: impl Into<PathBuf>) -> Self {
+        AgentPool::default().client(socket_path)
+    }
+
+    pub(crate) fn with_http(socket: PathBuf, authority: http::uri::Authority, http: Http) -> Self {
         Self {
-            socket: socket_path.into(),
+            socket,
+            authority,
             user: None,
+            http,
         }
     }
 
@@ -58,8 +72,8 @@ impl AgentClient {
         &self.socket
     }
 
-    /// Sends any request unchanged and returns the agent's response unchanged (E2B
-    /// pass-through). The caller sets every header, including `Authorization`.
+    /// Sends any request unchanged, on a connection of its own, and returns the agent's response
+    /// unchanged (E2B pass-through). The caller sets every header, including `Authorization`.
     pub async fn raw<B>(&self, req: Request<B>) -> Result<Response<Incoming>, ProtoError>
     where
         B: Body<Data = Bytes> + Send + 'static,
@@ -74,6 +88,29 @@ impl AgentClient {
             let _ = conn.await;
         });
         Ok(sender.send_request(req).await?)
+    }
+
+    /// Sends a request on a pooled keep-alive connection (a new one when none is idle; a
+    /// connection that broke while idle is replaced without resending anything that reached
+    /// the agent).
+    pub(crate) async fn send(
+        &self,
+        mut req: Request<ClientBody>,
+    ) -> Result<Response<Incoming>, ProtoError> {
+        let path = req
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+        *req.uri_mut() = http::Uri::builder()
+            .scheme("http")
+            .authority(self.authority.clone())
+            .path_and_query(path)
+            .build()?;
+        self.http
+            .request(req)
+            .await
+            .map_err(crate::conn_pool::client_error)
     }
 
     pub(crate) fn request(&self, method: Method, uri: &str) -> http::request::Builder {
@@ -96,12 +133,12 @@ impl AgentClient {
         method: &str,
         req: &Req,
     ) -> Result<Resp, ProtoError> {
-        let body = Full::new(Bytes::from(serde_json::to_vec(req)?));
+        let body = full(Bytes::from(serde_json::to_vec(req)?));
         let req = self
             .request(Method::POST, &format!("/{service}/{method}"))
             .header(header::CONTENT_TYPE, CONTENT_TYPE_UNARY)
             .body(body)?;
-        let resp = self.raw(req).await?;
+        let resp = self.send(req).await?;
         let status = resp.status();
         let bytes = resp.into_body().collect().await?.to_bytes();
         if !status.is_success() {
@@ -117,12 +154,12 @@ impl AgentClient {
         method: &str,
         req: &Req,
     ) -> Result<RpcStream<Resp>, ProtoError> {
-        let body = Full::new(envelope::encode_message(req)?);
+        let body = full(envelope::encode_message(req)?);
         let req = self
             .request(Method::POST, &format!("/{service}/{method}"))
             .header(header::CONTENT_TYPE, CONTENT_TYPE_STREAM)
             .body(body)?;
-        let resp = check_status(self.raw(req).await?).await?;
+        let resp = check_status(self.send(req).await?).await?;
         Ok(decode_stream(resp.into_body()))
     }
 
@@ -146,8 +183,8 @@ impl AgentClient {
         let req = self
             .request(Method::POST, &format!("/{service}/{method}"))
             .header(header::CONTENT_TYPE, CONTENT_TYPE_STREAM)
-            .body(StreamBody::new(frames))?;
-        let resp = check_status(self.raw(req).await?).await?;
+            .body(UnsyncBoxBody::new(StreamBody::new(frames)))?;
+        let resp = check_status(self.send(req).await?).await?;
         let mut messages = decode_stream::<Resp>(resp.into_body());
         let mut last = None;
         while let Some(m) = messages.next().await {
@@ -160,8 +197,8 @@ impl AgentClient {
     pub async fn health(&self) -> Result<(), ProtoError> {
         let req = self
             .request(Method::GET, "/health")
-            .body(Full::new(Bytes::new()))?;
-        check_status(self.raw(req).await?).await.map(drop)
+            .body(full(Bytes::new()))?;
+        check_status(self.send(req).await?).await.map(drop)
     }
 
     // ---- process.Process ----
@@ -172,15 +209,33 @@ impl AgentClient {
         Ok(r.processes)
     }
 
+    /// A `Start`/`Connect` stream, asking for raw output envelopes (see [`crate::raw_output`]).
+    async fn process_events<Req: Serialize>(
+        &self,
+        method: &str,
+        req: &Req,
+    ) -> Result<RpcStream<ProcessEvent>, ProtoError> {
+        let req = self
+            .request(Method::POST, &format!("/{}/{method}", pr::SERVICE))
+            .header(header::CONTENT_TYPE, CONTENT_TYPE_STREAM)
+            .header(RAW_OUTPUT_HEADER, RAW_OUTPUT_VALUE)
+            .body(full(envelope::encode_message(req)?))?;
+        let resp = check_status(self.send(req).await?).await?;
+        let raw = |payload| {
+            raw_output::decode_raw(payload).map(|d| pr::StartResponse {
+                event: ProcessEvent::Data(d),
+            })
+        };
+        let s = decode_stream_with::<pr::StartResponse>(resp.into_body(), raw);
+        Ok(s.map_ok(|r| r.event).boxed())
+    }
+
     /// `Start`: spawns a process; the stream yields `start`, `data`…, `end` events.
     pub async fn start(
         &self,
         req: &pr::StartRequest,
     ) -> Result<RpcStream<ProcessEvent>, ProtoError> {
-        let s = self
-            .server_stream::<_, pr::StartResponse>(pr::SERVICE, "Start", req)
-            .await?;
-        Ok(s.map_ok(|r| r.event).boxed())
+        self.process_events("Start", req).await
     }
 
     /// `Connect`: re-attaches to a running process.
@@ -191,10 +246,7 @@ impl AgentClient {
         let req = pr::ConnectRequest {
             process: Some(process),
         };
-        let s = self
-            .server_stream::<_, pr::ConnectResponse>(pr::SERVICE, "Connect", &req)
-            .await?;
-        Ok(s.map_ok(|r| r.event).boxed())
+        self.process_events("Connect", &req).await
     }
 
     /// `Update`: resizes a process's PTY.
@@ -376,8 +428,8 @@ impl AgentClient {
     pub async fn read_file(&self, path: &str) -> Result<ByteStream, ProtoError> {
         let req = self
             .request(Method::GET, &path_uri("/files", path))
-            .body(Full::new(Bytes::new()))?;
-        let resp = check_status(self.raw(req).await?).await?;
+            .body(full(Bytes::new()))?;
+        let resp = check_status(self.send(req).await?).await?;
         Ok(body_stream(resp.into_body()))
     }
 
@@ -389,8 +441,8 @@ impl AgentClient {
         let req = self
             .request(Method::POST, &path_uri("/files", path))
             .header(header::CONTENT_TYPE, "application/octet-stream")
-            .body(StreamBody::new(body.map_ok(Frame::data)))?;
-        let resp = check_status(self.raw(req).await?).await?;
+            .body(stream_body(body))?;
+        let resp = check_status(self.send(req).await?).await?;
         let bytes = resp.into_body().collect().await?.to_bytes();
         Ok(serde_json::from_slice(&bytes)?)
     }
@@ -399,8 +451,8 @@ impl AgentClient {
     pub async fn tar_download(&self, path: &str) -> Result<ByteStream, ProtoError> {
         let req = self
             .request(Method::GET, &path_uri("/tar", path))
-            .body(Full::new(Bytes::new()))?;
-        let resp = check_status(self.raw(req).await?).await?;
+            .body(full(Bytes::new()))?;
+        let resp = check_status(self.send(req).await?).await?;
         Ok(body_stream(resp.into_body()))
     }
 
@@ -412,8 +464,8 @@ impl AgentClient {
         let req = self
             .request(Method::PUT, &path_uri("/tar", path))
             .header(header::CONTENT_TYPE, "application/x-tar")
-            .body(StreamBody::new(body.map_ok(Frame::data)))?;
-        check_status(self.raw(req).await?).await.map(drop)
+            .body(stream_body(body))?;
+        check_status(self.send(req).await?).await.map(drop)
     }
 }
 
@@ -455,16 +507,27 @@ pub(crate) fn body_stream(body: Incoming) -> ByteStream {
     .boxed()
 }
 
-struct DecodeState {
+struct DecodeState<T> {
     body: Incoming,
     decoder: Decoder,
+    raw: fn(Bytes) -> Option<T>,
 }
 
 /// Decodes a Connect streaming response body into messages.
 fn decode_stream<T: DeserializeOwned + Send + 'static>(body: Incoming) -> RpcStream<T> {
+    decode_stream_with(body, |_| None)
+}
+
+/// [`decode_stream`], with raw output envelopes turned into messages by `raw` (`None`: an
+/// envelope nobody asked for, which ends the stream with an error).
+fn decode_stream_with<T: DeserializeOwned + Send + 'static>(
+    body: Incoming,
+    raw: fn(Bytes) -> Option<T>,
+) -> RpcStream<T> {
     let state = DecodeState {
         body,
         decoder: Decoder::default(),
+        raw,
     };
     stream::unfold(Some(state), |state| async move {
         let mut st = state?;
@@ -477,6 +540,12 @@ fn decode_stream<T: DeserializeOwned + Send + 'static>(body: Incoming) -> RpcStr
                         Err(e) => return Some((Err(e.into()), None)),
                     };
                     return end.error.map(|e| (Err(ProtoError::Rpc(e)), None));
+                }
+                Ok(Some(env)) if env.flags & FLAG_RAW_DATA != 0 => {
+                    return Some(match (st.raw)(env.data) {
+                        Some(item) => (Ok(item), Some(st)),
+                        None => (Err(EnvelopeError::UnexpectedRaw.into()), None),
+                    });
                 }
                 Ok(Some(env)) => {
                     let item = serde_json::from_slice::<T>(&env.data).map_err(ProtoError::from);

@@ -4,12 +4,13 @@ use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use futures_util::stream::{self, BoxStream};
 use http::{Method, header};
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::client::{AgentClient, body_stream, check_status};
 use crate::code::{CodeEvent, ContextInfo, CreateContext, Invoke, InvokeResult, RunCode};
+use crate::conn_pool::full;
 use crate::envelope::CONTENT_TYPE_UNARY;
 use crate::error::ProtoError;
 
@@ -30,8 +31,8 @@ impl AgentClient {
         let req = self
             .request(method, uri)
             .header(header::CONTENT_TYPE, CONTENT_TYPE_UNARY)
-            .body(Full::new(bytes))?;
-        let resp = check_status(self.raw(req).await?).await?;
+            .body(full(bytes))?;
+        let resp = check_status(self.send(req).await?).await?;
         let bytes = resp.into_body().collect().await?.to_bytes();
         let text: &[u8] = if bytes.is_empty() { b"null" } else { &bytes };
         Ok(serde_json::from_slice(text)?)
@@ -76,8 +77,8 @@ impl AgentClient {
         let req = self
             .request(Method::POST, "/code/run")
             .header(header::CONTENT_TYPE, CONTENT_TYPE_UNARY)
-            .body(Full::new(Bytes::from(serde_json::to_vec(req)?)))?;
-        let resp = check_status(self.raw(req).await?).await?;
+            .body(full(Bytes::from(serde_json::to_vec(req)?)))?;
+        let resp = check_status(self.send(req).await?).await?;
         Ok(ndjson(body_stream(resp.into_body())))
     }
 

@@ -31,6 +31,9 @@ pub enum EnvelopeError {
     /// The body ended inside an envelope.
     #[error("stream ended inside a message")]
     Incomplete,
+    /// A raw output envelope arrived where none was asked for, or with an unknown stream.
+    #[error("unexpected raw output envelope")]
+    UnexpectedRaw,
 }
 
 /// One decoded envelope.

@@ -120,6 +120,9 @@ pub enum ProtoError {
     /// An HTTP-level failure on the connection.
     #[error("HTTP exchange with the agent failed")]
     Http(#[from] hyper::Error),
+    /// A pooled call failed before a response arrived (the connection broke).
+    #[error("HTTP exchange with the agent failed")]
+    Client(#[source] hyper_util::client::legacy::Error),
     /// The request could not be built.
     #[error("invalid request")]
     Request(#[from] http::Error),
@@ -142,7 +145,9 @@ impl ProtoError {
     pub fn code(&self) -> Code {
         match self {
             Self::Rpc(e) => e.code,
-            Self::Connect(_) | Self::Http(_) | Self::Truncated => Code::Unavailable,
+            Self::Connect(_) | Self::Http(_) | Self::Client(_) | Self::Truncated => {
+                Code::Unavailable
+            }
             Self::Request(_) | Self::Json(_) | Self::Envelope(_) | Self::Body(_) => Code::Internal,
         }
     }

@@ -6,7 +6,8 @@
 //!   and out; errors are non-2xx responses with `{"code":"not_found","message":"…"}`;
 //! - streaming RPCs: `Content-Type: application/connect+json`, bodies made of [`envelope`]s;
 //! - REST: `GET|POST /files?path=`, `GET|PUT /tar?path=` (ours), `GET /health`;
-//! - code contexts (ours): JSON and NDJSON under `/code/` ([`code`]).
+//! - code contexts (ours): JSON and NDJSON under `/code/` ([`code`]);
+//! - raw process output (ours, asked for with a header): [`raw_output`].
 //!
 //! Messages ([`process`], [`filesystem`]) use the protobuf JSON mapping: lowerCamelCase fields,
 //! bytes as base64, enums by proto name, int64 as strings, default values omitted.
@@ -34,6 +35,7 @@
 pub mod client;
 pub mod code;
 mod code_client;
+mod conn_pool;
 pub mod envelope;
 pub mod error;
 pub mod filesystem;
@@ -41,8 +43,10 @@ mod json;
 mod port_client;
 pub mod ports;
 pub mod process;
+pub mod raw_output;
 
 pub use client::{AgentClient, ByteStream, RpcStream};
+pub use conn_pool::AgentPool;
 pub use error::{Code, ConnectError, ProtoError};
 pub use json::{decode_base64, format_rfc3339};
 pub use port_client::PortStream;

@@ -164,7 +164,12 @@ pub async fn run(cfg: Config, runtime: Arc<dyn Runtime>) -> Result<(), DaemonErr
             count = failed
         );
     }
-    let manager = SandboxManager::new(store.clone(), runtime, Arc::new(ProtoAgents), mcfg)?;
+    let manager = SandboxManager::new(
+        store.clone(),
+        runtime,
+        Arc::new(ProtoAgents::default()),
+        mcfg,
+    )?;
     manager.set_secret_env(Arc::new(crate::auth::secrets::Provider(secrets)));
     manager.set_resolver(Arc::new(
         crate::resolver::ImageResolver::new(sd).with_templates(store.clone()),

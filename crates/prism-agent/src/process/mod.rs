@@ -1,6 +1,7 @@
 //! The process service: spawning, the process table, input, signals, PTY resize, re-attach.
 //! Transport-free: the HTTP layer (`crate::server`) calls these functions.
 
+mod bufpool;
 mod output;
 mod spawn;
 
@@ -18,12 +19,16 @@ use prism_proto::{Code, ConnectError};
 use rustix::process::{Pid, Signal as Sig};
 use tokio::sync::{Mutex as AsyncMutex, oneshot, watch};
 
+use self::bufpool::BufPool;
 use self::output::Output;
 pub use self::output::Subscription;
 pub use self::spawn::build_env;
 use crate::fdio::{AsyncPipe, TryRead};
 use crate::reaper::{Reaper, end_event};
 use crate::users::User;
+
+/// Pipe capacity asked for a process's stdout and stderr (the kernel's default is 64 KiB).
+const PIPE_SIZE: usize = 1024 * 1024;
 
 /// One running process.
 struct Proc {
@@ -268,21 +273,25 @@ async fn pump(
     pty: Option<Arc<AsyncPipe>>,
     mut exit: oneshot::Receiver<i32>,
 ) {
-    const CHUNK: usize = 32 * 1024;
-    let (mut b1, mut b2, mut b3) = (vec![0u8; CHUNK], vec![0u8; CHUNK], vec![0u8; CHUNK]);
+    // Bigger pipes let a fast writer run ahead while we send, and reads return more at once.
+    for pipe in [stdout.as_ref(), stderr.as_ref()].into_iter().flatten() {
+        let _ = rustix::pipe::fcntl_setpipe_size(pipe.fd(), PIPE_SIZE);
+    }
+    let pool = BufPool::default();
+    let (mut b1, mut b2, mut b3) = (Vec::new(), Vec::new(), Vec::new());
     let (mut o_open, mut e_open, mut p_open) = (stdout.is_some(), stderr.is_some(), pty.is_some());
     let status = loop {
         tokio::select! {
-            r = read_opt(stdout.as_ref(), &mut b1), if o_open => match r {
-                Ok(n) if n > 0 => proc.output.deliver(DataEvent::Stdout(Bytes::copy_from_slice(&b1[..n]))).await,
+            r = read_opt(stdout.as_ref(), &mut b1, &pool), if o_open => match r {
+                Ok(n) if n > 0 => proc.output.deliver(DataEvent::Stdout(pool.freeze(std::mem::take(&mut b1), n))).await,
                 _ => o_open = false,
             },
-            r = read_opt(stderr.as_ref(), &mut b2), if e_open => match r {
-                Ok(n) if n > 0 => proc.output.deliver(DataEvent::Stderr(Bytes::copy_from_slice(&b2[..n]))).await,
+            r = read_opt(stderr.as_ref(), &mut b2, &pool), if e_open => match r {
+                Ok(n) if n > 0 => proc.output.deliver(DataEvent::Stderr(pool.freeze(std::mem::take(&mut b2), n))).await,
                 _ => e_open = false,
             },
-            r = read_opt(pty.as_deref(), &mut b3), if p_open => match r {
-                Ok(n) if n > 0 => proc.output.deliver(DataEvent::Pty(Bytes::copy_from_slice(&b3[..n]))).await,
+            r = read_opt(pty.as_deref(), &mut b3, &pool), if p_open => match r {
+                Ok(n) if n > 0 => proc.output.deliver(DataEvent::Pty(pool.freeze(std::mem::take(&mut b3), n))).await,
                 _ => p_open = false,
             },
             st = &mut exit => break st.ok(),
@@ -298,10 +307,12 @@ async fn pump(
     ];
     for (pipe, wrap) in pipes {
         let Some(pipe) = pipe else { continue };
-        while let Ok(TryRead::Data(n)) = pipe.try_read(&mut b1) {
-            proc.output
-                .deliver(wrap(Bytes::copy_from_slice(&b1[..n])))
-                .await;
+        loop {
+            let mut buf = pool.take();
+            let Ok(TryRead::Data(n)) = pipe.try_read(&mut buf) else {
+                break;
+            };
+            proc.output.deliver(wrap(pool.freeze(buf, n))).await;
         }
     }
     proc.input.lock().await.take();
@@ -310,11 +321,21 @@ async fn pump(
     proc.output.end(end).await;
 }
 
-async fn read_opt(pipe: Option<&AsyncPipe>, buf: &mut [u8]) -> std::io::Result<usize> {
-    match pipe {
-        Some(p) => p.read(buf).await,
-        None => std::future::pending().await,
+/// Reads into `buf`, taking a buffer from `pool` first when `buf` was handed on. The buffer is
+/// taken only once the pipe is readable, so a quiet process holds none.
+async fn read_opt(
+    pipe: Option<&AsyncPipe>,
+    buf: &mut Vec<u8>,
+    pool: &BufPool,
+) -> std::io::Result<usize> {
+    let Some(p) = pipe else {
+        return std::future::pending().await;
+    };
+    p.readable().await?;
+    if buf.is_empty() {
+        *buf = pool.take();
     }
+    p.read(buf).await
 }
 
 /// Turns a subscription into the events a `Start`/`Connect` stream sends (after `start`).

@@ -93,6 +93,8 @@ impl Output {
 }
 
 fn push_backlog(st: &mut State, ev: DataEvent) {
+    // A copy, so that unattended output never pins the reader's pooled buffers.
+    let ev = rewrap(&ev, bytes::Bytes::copy_from_slice(ev.bytes()));
     let len = ev.bytes().len();
     if len >= BACKLOG_BYTES {
         st.dropped += (st.backlog_bytes + len - BACKLOG_BYTES) as u64;

@@ -83,8 +83,8 @@ impl ExecSession {
 async fn oom_kills(m: &SandboxManager, handle: &SandboxHandle) -> Option<u64> {
     let rt = m.inner.runtime.clone();
     let h = handle.clone();
-    match blocking(move || rt.stats(&h)).await {
-        Ok(Ok(s)) => Some(s.oom_kills),
+    match blocking(move || rt.oom_kills(&h)).await {
+        Ok(Ok(n)) => Some(n),
         _ => None,
     }
 }
@@ -125,7 +125,9 @@ impl SandboxManager {
     ) -> Result<ExecResult, LifecycleError> {
         let (argv, timeout_s) = validate::exec(&req)?;
         let (rec, handle, agent) = self.running(id_or_name).await?;
-        let mut env = self.process_env(&rec).await;
+        // The OOM counter before the process and the secrets for its environment are read in
+        // parallel (each on the blocking pool).
+        let (mut env, oom_before) = tokio::join!(self.process_env(&rec), oom_kills(self, &handle));
         env.extend(req.env.clone());
         let spec = ProcSpec {
             argv,
@@ -136,7 +138,6 @@ impl SandboxManager {
             stdin: req.stdin.is_some(),
             tag: None,
         };
-        let oom_before = oom_kills(self, &handle).await;
         let started = Instant::now();
         let mut ps = agent.spawn(spec).await?;
         if let Some(input) = req.stdin {

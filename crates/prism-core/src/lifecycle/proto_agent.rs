@@ -11,21 +11,24 @@ use prism_proto::process::{
     DataEvent, ProcessConfig, ProcessEvent, ProcessInput, ProcessSelector, Pty, PtySize, Signal,
     StartRequest,
 };
-use prism_proto::{AgentClient, Code, ProtoError};
+use prism_proto::{AgentClient, AgentPool, Code, ProtoError};
 
 use super::agent::{
     Agent, AgentConnector, AgentError, AgentResult, EntryInfo, EntryKind, ProcEvent, ProcSpec,
     ProcStream,
 };
 
-/// Connects [`ProtoAgent`]s.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct ProtoAgents;
+/// Connects [`ProtoAgent`]s. Every agent it hands out shares one pool of keep-alive
+/// connections (one key per agent socket), so successive calls to a sandbox skip the connect.
+#[derive(Debug, Default, Clone)]
+pub struct ProtoAgents {
+    pool: AgentPool,
+}
 
 impl AgentConnector for ProtoAgents {
     fn connect(&self, socket: &Path) -> Arc<dyn Agent> {
         Arc::new(ProtoAgent {
-            client: AgentClient::new(socket),
+            client: self.pool.client(socket),
         })
     }
 }

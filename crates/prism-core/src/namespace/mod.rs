@@ -466,6 +466,12 @@ impl Runtime for NamespaceRuntime {
         })
     }
 
+    fn oom_kills(&self, handle: &SandboxHandle) -> Result<u64, RuntimeError> {
+        self.cgroups
+            .oom_kills(&handle.id)
+            .map_err(|e| RuntimeError::NotFound(error_chain(&e)))
+    }
+
     fn leftovers(&self) -> Result<Vec<String>, RuntimeError> {
         let mut ids: Vec<String> = self
             .cgroups

@@ -110,6 +110,10 @@ pub trait CgroupManager: Send + Sync + std::fmt::Debug {
     fn thaw(&self, id: &str) -> Result<(), CgroupError>;
     /// Current resource usage of the cgroup.
     fn stats(&self, id: &str) -> Result<CgroupStats, CgroupError>;
+    /// [`CgroupStats::oom_kills`] alone (one file read where the manager can), for hot paths.
+    fn oom_kills(&self, id: &str) -> Result<u64, CgroupError> {
+        self.stats(id).map(|s| s.oom_kills)
+    }
     /// Kills every process and removes the cgroup from every hierarchy. A missing cgroup is fine.
     fn destroy(&self, id: &str) -> Result<(), CgroupError>;
     /// Ids of the cgroups present under the parent, in any hierarchy (for orphan cleanup).

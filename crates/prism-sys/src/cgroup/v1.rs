@@ -355,6 +355,14 @@ impl CgroupManager for V1Manager {
         })
     }
 
+    fn oom_kills(&self, id: &str) -> Result<u64, CgroupError> {
+        validate_id(id)?;
+        let path = self
+            .dir(&self.hierarchies.memory, id)
+            .join("memory.oom_control");
+        Ok(self.files().read_keyed(&path, "oom_kill")?.unwrap_or(0))
+    }
+
     fn destroy(&self, id: &str) -> Result<(), CgroupError> {
         validate_id(id)?;
         let dirs = self.existing_dirs(id);
@@ -609,6 +617,11 @@ mod tests {
             "oom_kill_disable 0\nunder_oom 0\noom_kill 3\n",
         );
         t.file(&at("pids", "pids.current"), "2\n");
+        assert_eq!(
+            m.oom_kills("a")?,
+            3,
+            "the counter alone, from the same file"
+        );
         let stats = m.stats("a")?;
         assert_eq!(
             stats,

@@ -240,6 +240,14 @@ impl CgroupManager for V2Manager {
         })
     }
 
+    fn oom_kills(&self, id: &str) -> Result<u64, CgroupError> {
+        let dir = self.require(id)?;
+        Ok(self
+            .files()
+            .read_keyed(&dir.join("memory.events"), "oom_kill")?
+            .unwrap_or(0))
+    }
+
     fn destroy(&self, id: &str) -> Result<(), CgroupError> {
         validate_id(id)?;
         let dir = self.dir(id);
@@ -397,6 +405,11 @@ mod tests {
         t.file(&format!("{A}/memory.current"), "8192\n");
         t.file(&format!("{A}/memory.events"), "oom 2\noom_kill 1\n");
         t.file(&format!("{A}/pids.current"), "3\n");
+        assert_eq!(
+            m.oom_kills("a")?,
+            1,
+            "the counter alone, from memory.events"
+        );
         let stats = m.stats("a")?;
         assert_eq!(
             stats,
