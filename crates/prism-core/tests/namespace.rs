@@ -290,7 +290,7 @@ fn a_fork_bomb_is_capped_by_the_pids_limit() {
     let stats = h.runtime.stats(&handle).expect("stats");
     assert!(stats.pids <= 64, "pids {}", stats.pids);
     // The sandbox can still be torn down completely.
-    h.runtime.destroy("bomb").expect("destroy");
+    h.destroy("bomb");
     assert!(!h.state.path().join("sandboxes/bomb").exists());
 }
 
@@ -338,7 +338,7 @@ fn destroy_leaves_no_process_mount_cgroup_or_directory() {
         .filter_map(|l| l.parse().ok())
         .collect();
     assert!(pids.len() >= 3, "{pids:?}");
-    h.runtime.destroy("gone").expect("destroy");
+    h.destroy("gone");
     for pid in pids {
         assert!(
             !std::path::Path::new(&format!("/proc/{pid}")).exists(),
