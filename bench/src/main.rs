@@ -28,8 +28,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 
-const ALL: &str =
-    "fork,prism,image,api,pooled,template,bwrap,crun,runsc,podman,throughput,density,stream";
+const ALL: &str = "fork,prism,prism-settled,image,api,pooled,template,bwrap,crun,runsc,podman,throughput,density,stream";
 
 #[derive(Parser, Debug)]
 #[command(about = "Prism vs. peers: latency, throughput, density, streaming")]
@@ -40,7 +39,8 @@ struct Args {
     /// Unmeasured iterations first.
     #[arg(long, default_value_t = 3)]
     warmup: usize,
-    /// Comma-separated subset of: fork, prism, image, api, pooled, template, bwrap, crun,
+    /// Comma-separated subset of: fork, prism, prism-settled (each sample also waits for the
+    /// background teardown), image, api, pooled, template, bwrap, crun,
     /// runsc, podman (create → first exec → destroy; `api`, `pooled` and `template` go through a
     /// real prismd, `pooled` with a warm pool of `base`, `template` from a built template vs
     /// `base`; `image` is `prism` over an OCI image's layers), throughput, density, stream.
@@ -121,11 +121,11 @@ fn main() -> Result<()> {
     for system in systems {
         let result = match system {
             "fork" => Some(peers::fork_exec(args.warmup, args.iterations)),
-            "prism" | "image" => {
-                let fs = if system == "prism" {
-                    rootfs.clone()
-                } else {
+            "prism" | "prism-settled" | "image" => {
+                let fs = if system == "image" {
                     image::rootfs(state.path())?
+                } else {
+                    rootfs.clone()
                 };
                 let (total, parts) = prism::create_exec_destroy(
                     state.path(),
@@ -133,6 +133,7 @@ fn main() -> Result<()> {
                     &fs,
                     args.warmup,
                     args.iterations,
+                    system == "prism-settled",
                 )?;
                 for (name, samples) in parts {
                     rows.push(stats::Row::new(&format!("  {system}: {name}"), samples));

@@ -2,6 +2,7 @@
 //! and network namespaces, with an overlay root over idmapped read-only host directories, limits
 //! from a cgroup, and `prism-agent` as PID 1.
 
+mod devskel;
 mod disk;
 mod plan;
 mod slots;
@@ -23,7 +24,7 @@ use prism_sys::cgroup::{CgroupError, CgroupLimits, CgroupManager};
 use prism_sys::ids::IdMap;
 use prism_sys::launch::{LaunchConfig, launch};
 
-pub use plan::{MountPlan, SandboxDirs, plan};
+pub use plan::{MountPlan, PlanOptions, SandboxDirs, plan};
 use slots::Slots;
 
 use crate::runtime::{
@@ -61,6 +62,8 @@ struct Host {
     cgroups: Box<dyn CgroupManager>,
     slots: Slots,
     trash: trash::Trash,
+    /// The prepared `/dev` shared by every sandbox (none on a `nodev` state directory).
+    dev_skeleton: Option<PathBuf>,
 }
 
 fn sys(op: &'static str) -> impl FnOnce(io::Error) -> RuntimeError {
@@ -138,7 +141,9 @@ impl NamespaceRuntime {
                 }
             }
         }
+        let dev_skeleton = devskel::ensure(&cfg.sandboxes_dir);
         let host = Arc::new(Host {
+            dev_skeleton,
             cfg,
             cgroups,
             slots,
@@ -235,7 +240,11 @@ impl NamespaceRuntime {
         dirs: &SandboxDirs,
         ids: IdMap,
     ) -> Result<SandboxHandle, RuntimeError> {
-        let mut plan = plan(dirs, &spec.rootfs, &spec.hostname)?;
+        let opts = PlanOptions {
+            dev_skeleton: self.host.dev_skeleton.clone(),
+            sysfs: spec.security.sysfs,
+        };
+        let mut plan = plan(dirs, &spec.rootfs, &spec.hostname, &opts)?;
         plan.add_security(dirs, &spec.security)?;
         let hardening = spec.security.hardening()?;
         let socket = dirs.agent_socket();
@@ -249,6 +258,7 @@ impl NamespaceRuntime {
         let cfg = LaunchConfig {
             ids,
             trees: plan.trees,
+            device_tree: plan.device_tree,
             steps: plan.steps,
             exe: self.host.cfg.agent_path.clone(),
             argv: vec!["prism-agent".into(), "--listen-fd".into(), "3".into()],

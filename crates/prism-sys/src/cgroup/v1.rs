@@ -534,7 +534,11 @@ mod tests {
     fn a_fresh_cgroup_gets_only_the_limits_that_are_set() -> Result<(), CgroupError> {
         let (t, m) = hybrid(true);
         m.create("a", &CgroupLimits::default())?;
-        assert_eq!(t.writes(), Vec::<(String, String)>::new(), "defaults need no write");
+        assert_eq!(
+            t.writes(),
+            Vec::<(String, String)>::new(),
+            "defaults need no write"
+        );
         let pids_only = CgroupLimits {
             pids: Some(10),
             ..Default::default()
@@ -542,7 +546,10 @@ mod tests {
         m.create("b", &pids_only)?;
         let written: Vec<String> = t.writes().into_iter().map(|(p, _)| p).collect();
         assert_eq!(written.len(), 1, "{written:?}");
-        assert!(written[0].ends_with("pids/prism-test/b/pids.max"), "{written:?}");
+        assert!(
+            written[0].ends_with("pids/prism-test/b/pids.max"),
+            "{written:?}"
+        );
         // An existing cgroup converges: every limit is written again.
         m.create("b", &CgroupLimits::default())?;
         assert_eq!(t.read(&at("pids", "pids.max").replace("/a/", "/b/")), "max");

@@ -93,6 +93,9 @@ pub struct LaunchConfig {
     pub ids: IdMap,
     /// Host directories to clone as read-only mounts idmapped into the sandbox's user namespace.
     pub trees: Vec<PathBuf>,
+    /// The index in `trees` of the one tree whose device nodes stay usable (a prepared `/dev`
+    /// holding only safe devices); every other tree is `nodev`.
+    pub device_tree: Option<usize>,
     pub steps: Vec<Step>,
     /// Host path of the binary to exec (opened before the clone, so it need not exist inside).
     pub exe: PathBuf,
@@ -200,9 +203,9 @@ fn parent_side(
     on_spawn(pid).map_err(parent_err("placing the sandbox"))?;
     let userns = crate::ids::open_userns(pid).map_err(parent_err("opening the user namespace"))?;
     let mut trees = Vec::with_capacity(cfg.trees.len());
-    for path in &cfg.trees {
+    for (i, path) in cfg.trees.iter().enumerate() {
         trees.push(
-            crate::mount::idmapped_tree(path, &userns)
+            crate::mount::idmapped_tree(path, &userns, cfg.device_tree == Some(i))
                 .map_err(parent_err("making an idmapped mount"))?,
         );
     }
