@@ -88,6 +88,13 @@ fn raise_nofile() {
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    // `PRISM_BENCH_LOG=prism_sys=debug,prism_core=debug` prints the runtime's per-step timings.
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("PRISM_BENCH_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    }
     if let Some(system) = &args.peer_worker {
         let bundle = args.bundle.as_deref().context("--bundle")?;
         return oci::worker(system, bundle, args.warmup, args.iterations);

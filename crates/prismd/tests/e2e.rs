@@ -169,10 +169,13 @@ async fn lifecycle_exec_files_logs_and_ws() {
         SandboxState::Destroyed
     );
     assert_eq!(c.get("e2e").await.unwrap_err().status(), Some(404));
-    assert!(
-        !dir.path().join("sandboxes").join(&sb.id).exists(),
-        "runtime state removed"
-    );
+    // The runtime's state goes with the background teardown that destroy started.
+    let gone = dir.path().join("sandboxes").join(&sb.id);
+    eventually(30, "runtime state removed", || {
+        let gone = gone.clone();
+        async move { (!gone.exists()).then_some(()) }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -292,15 +295,23 @@ async fn records_survive_kill_9_and_sandboxes_are_readopted() {
     {
         assert_eq!(c.destroy(id).await.unwrap().state, SandboxState::Destroyed);
     }
-    // Nothing leaked: no cgroup and no directory of any sandbox remains.
-    assert_eq!(cgroups.list().unwrap(), Vec::<String>::new());
-    let left: Vec<_> = std::fs::read_dir(dir.path().join("sandboxes"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name())
-        .filter(|n| n != ".trash")
-        .collect();
-    assert!(left.is_empty(), "{left:?}");
+    // Nothing leaked: once the background teardowns are done, no cgroup and no directory of
+    // any sandbox remains (the runtime's own `.trash` and `.dev-*` are not sandboxes).
+    let sandboxes = dir.path().join("sandboxes");
+    eventually(30, "every sandbox's cgroup and directory gone", || {
+        let sandboxes = sandboxes.clone();
+        let cgroups = &cgroups;
+        async move {
+            let left: Vec<_> = std::fs::read_dir(&sandboxes)
+                .ok()?
+                .flatten()
+                .map(|e| e.file_name())
+                .filter(|n| !n.to_string_lossy().starts_with('.'))
+                .collect();
+            (cgroups.list().ok()?.is_empty() && left.is_empty()).then_some(())
+        }
+    })
+    .await;
     // Destroyed sandboxes' directories are deleted in the background: the trash empties.
     let trash = dir.path().join("sandboxes/.trash");
     eventually(30, "the trash to empty", || {

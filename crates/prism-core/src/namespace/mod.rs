@@ -424,6 +424,7 @@ impl Runtime for NamespaceRuntime {
         // The quota is decided at the first start: an existing image keeps being used.
         let quota = dirs.quota || spec.limits.disk_bytes.is_some();
         let dirs = dirs.with_quota(quota);
+        let t0 = std::time::Instant::now();
         let ids = match self.prepare_dirs(spec, &dirs) {
             Ok(ids) => ids,
             Err(e) => {
@@ -431,12 +432,23 @@ impl Runtime for NamespaceRuntime {
                 return Err(e);
             }
         };
+        let t1 = std::time::Instant::now();
         self.host
             .cgroups
             .create(&spec.id, &cgroup_limits(spec))
             .map_err(|e| RuntimeError::InvalidSpec(error_chain(&e)))?;
+        let t2 = std::time::Instant::now();
         match self.launch(spec, &dirs, ids) {
-            Ok(h) => Ok(h),
+            Ok(h) => {
+                tracing::debug!(
+                    message = "start timing",
+                    sandbox_id = %spec.id,
+                    dirs_us = (t1 - t0).as_micros() as u64,
+                    cgroup_us = (t2 - t1).as_micros() as u64,
+                    launch_us = t2.elapsed().as_micros() as u64,
+                );
+                Ok(h)
+            }
             Err(e) => {
                 let _ = self.kill(&spec.id);
                 let _ = disk::unmount(&dirs);

@@ -152,6 +152,7 @@ pub fn launch(
     if cfg.trees.len() > child::MAX_TREES {
         return Err(LaunchError::TooManyTrees(cfg.trees.len()));
     }
+    let t0 = std::time::Instant::now();
     let prepared = Prepared::new(cfg)?;
     let (parent_sock, child_sock) = seqpacket_pair().map_err(parent_err("socketpair"))?;
     let flags = (libc::CLONE_NEWUSER
@@ -181,8 +182,20 @@ pub fn launch(
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
     let pid = pid as u32;
     let launched = Launched { pid, pidfd };
+    let cloned = t0.elapsed();
     match parent_side(cfg, pid, &parent_sock, on_spawn) {
-        Ok(()) => Ok(launched),
+        Ok(t) => {
+            tracing::debug!(
+                message = "launch timing",
+                pid,
+                clone_us = cloned.as_micros() as u64,
+                maps_us = t[0].as_micros() as u64,
+                cgroup_us = t[1].as_micros() as u64,
+                trees_us = t[2].as_micros() as u64,
+                child_us = t[3].as_micros() as u64,
+            );
+            Ok(launched)
+        }
         Err(err) => {
             let _ = crate::proc::pidfd_kill(&launched.pidfd, libc::SIGKILL);
             let _ = crate::proc::pidfd_wait(&launched.pidfd);
@@ -196,11 +209,20 @@ fn parent_side(
     pid: u32,
     sock: &OwnedFd,
     on_spawn: &mut dyn FnMut(u32) -> io::Result<()>,
-) -> Result<(), LaunchError> {
+) -> Result<[std::time::Duration; 4], LaunchError> {
+    let mut t = std::time::Instant::now();
+    let mut lap = || {
+        let now = std::time::Instant::now();
+        let d = now - t;
+        t = now;
+        d
+    };
     cfg.ids
         .write_maps(pid)
         .map_err(parent_err("writing id maps"))?;
+    let maps = lap();
     on_spawn(pid).map_err(parent_err("placing the sandbox"))?;
+    let cgroup = lap();
     let userns = crate::ids::open_userns(pid).map_err(parent_err("opening the user namespace"))?;
     let mut trees = Vec::with_capacity(cfg.trees.len());
     for (i, path) in cfg.trees.iter().enumerate() {
@@ -211,11 +233,12 @@ fn parent_side(
     }
     crate::fdpass::send_fds(sock, &trees).map_err(parent_err("handing mounts to the sandbox"))?;
     drop(trees);
+    let made = lap();
     let mut report = [0u8; 8];
     // SAFETY: reading into a local buffer of the stated length.
     let n = unsafe { libc::read(sock.as_raw_fd(), report.as_mut_ptr().cast(), report.len()) };
     match n {
-        0 => Ok(()),
+        0 => Ok([maps, cgroup, made, lap()]),
         8 => {
             let step = u32::from_ne_bytes([report[0], report[1], report[2], report[3]]) as usize;
             let errno = i32::from_ne_bytes([report[4], report[5], report[6], report[7]]);
