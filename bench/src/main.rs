@@ -28,7 +28,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 
-const ALL: &str = "fork,prism,prism-settled,image,api,pooled,template,bwrap,crun,runsc,podman,throughput,density,stream";
+const ALL: &str = "fork,prism,prism-settled,interleaved,image,api,pooled,template,bwrap,crun,runsc,podman,throughput,density,stream";
 
 #[derive(Parser, Debug)]
 #[command(about = "Prism vs. peers: latency, throughput, density, streaming")]
@@ -40,7 +40,8 @@ struct Args {
     #[arg(long, default_value_t = 3)]
     warmup: usize,
     /// Comma-separated subset of: fork, prism, prism-settled (each sample also waits for the
-    /// background teardown), image, api, pooled, template, bwrap, crun,
+    /// background teardown), interleaved (`prism` and `bwrap` samples alternating, so both see
+    /// the same load), image, api, pooled, template, bwrap, crun,
     /// runsc, podman (create → first exec → destroy; `api`, `pooled` and `template` go through a
     /// real prismd, `pooled` with a warm pool of `base`, `template` from a built template vs
     /// `base`; `image` is `prism` over an OCI image's layers), throughput, density, stream.
@@ -118,6 +119,7 @@ fn main() -> Result<()> {
     let mut tput = Vec::new();
     let mut dens = Vec::new();
     let mut streamed = None;
+    let mut interleaved = None;
     println!(
         "prism-bench: {} iterations after {} warm-up ({} for runsc/podman); {} cores",
         args.iterations,
@@ -141,10 +143,44 @@ fn main() -> Result<()> {
                     args.warmup,
                     args.iterations,
                     system == "prism-settled",
+                    None,
                 )?;
                 for (name, samples) in parts {
                     rows.push(stats::Row::new(&format!("  {system}: {name}"), samples));
                 }
+                Some(Ok(total))
+            }
+            "interleaved" => {
+                if !peers::available("bwrap") {
+                    println!("interleaved: bwrap is not installed");
+                    continue;
+                }
+                let mut bw = Vec::new();
+                let mut bwrap_sample = |measured: bool| -> Result<()> {
+                    let t = std::time::Instant::now();
+                    peers::bwrap_once()?;
+                    if measured {
+                        bw.push(t.elapsed());
+                    }
+                    Ok(())
+                };
+                let (total, _) = prism::create_exec_destroy(
+                    state.path(),
+                    &agent()?,
+                    &rootfs,
+                    args.warmup,
+                    args.iterations,
+                    false,
+                    Some(&mut bwrap_sample),
+                )?;
+                let ratio = stats::Row::new("", total.clone())
+                    .percentile(0.5)
+                    .as_secs_f64()
+                    / stats::Row::new("", bw.clone())
+                        .percentile(0.5)
+                        .as_secs_f64();
+                rows.push(stats::Row::new("interleaved: bwrap", bw));
+                interleaved = Some(ratio);
                 Some(Ok(total))
             }
             "api" => Some(
@@ -226,6 +262,9 @@ fn main() -> Result<()> {
     }
     if !rows.is_empty() {
         stats::print_table(&rows);
+    }
+    if let Some(ratio) = interleaved {
+        println!("interleaved: prism p50 / bwrap p50 (samples alternating) = {ratio:.2}x");
     }
     if !tput.is_empty() {
         throughput::print(&tput);

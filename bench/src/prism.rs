@@ -52,6 +52,7 @@ pub fn create_exec_destroy(
     warmup: usize,
     iterations: usize,
     settled: bool,
+    mut between: Option<&mut dyn FnMut(bool) -> Result<()>>,
 ) -> Result<(Vec<Duration>, Parts)> {
     let parent = format!("prism-bench-{}", std::process::id());
     let runtime = runtime_in(state.join("sandboxes"), agent, &parent)?;
@@ -100,6 +101,9 @@ pub fn create_exec_destroy(
             bail!("the teardown of {id} did not finish in {SETTLE:?}");
         }
         let t3 = Instant::now();
+        if let Some(f) = between.as_mut() {
+            f(i >= warmup)?;
+        }
         if i >= warmup {
             total.push(t3 - t0);
             start.push(t1 - t0);
