@@ -590,3 +590,53 @@ async fn terminal_over_websocket() {
     let out = String::from_utf8_lossy(&out);
     assert!(out.contains("/dev/pts/") && out.contains("33 91"), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sys_is_mounted_only_when_asked() {
+    if !support::root_or_skip("sys_is_mounted_only_when_asked") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(dir.path()).await;
+    let c = &d.client;
+    c.create(&create_req(r#"{"name":"nosys"}"#)).await.unwrap();
+    c.create(&create_req(r#"{"name":"sys","security":{"sysfs":true}}"#))
+        .await
+        .unwrap();
+    let probe = "ls /sys | wc -l; test -d /sys/kernel && echo kernel; \
+                 touch /sys/x 2>/dev/null && echo rw || echo ro";
+    let none = c.exec("nosys", &sh(probe)).await.unwrap();
+    // Without sysfs, /sys is an empty directory of the sandbox's own writable root.
+    assert_eq!(none.stdout, "0\nrw\n", "{none:?}");
+    let with = c.exec("sys", &sh(probe)).await.unwrap();
+    let lines: Vec<&str> = with.stdout.lines().collect();
+    assert!(lines[0].parse::<u32>().unwrap_or(0) > 0, "{with:?}");
+    assert_eq!(&lines[1..], ["kernel", "ro"], "{with:?}");
+    // An unknown security option is a 4xx, not silently ignored.
+    let resp = reqwest::Client::new()
+        .post(format!("{}/v1/sandboxes", d.url()))
+        .header("content-type", "application/json")
+        .body(r#"{"security":{"sysfs":true,"nope":1}}"#)
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_client_error(), "{}", resp.status());
+    // The CLI flag reaches the same option.
+    let out = ctl(
+        &d,
+        &[
+            "run",
+            "--rm",
+            "--sysfs",
+            "--",
+            "sh",
+            "-c",
+            "test -d /sys/kernel && echo kernel",
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("kernel"),
+        "{out:?}"
+    );
+}
