@@ -476,7 +476,7 @@ impl Runtime for NamespaceRuntime {
     /// same id waits for it; [`NamespaceRuntime::settle`] waits for all of them.
     fn destroy(&self, id: &str) -> Result<(), RuntimeError> {
         validate_id(id)?;
-        if self.teardowns.is_pending(id) {
+        if !self.teardowns.reserve(id) {
             return Ok(());
         }
         let pidfd = self.lock_children().remove(id);

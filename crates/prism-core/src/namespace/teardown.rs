@@ -92,29 +92,28 @@ impl Teardowns {
         })
     }
 
-    /// Reserve the job's id and hand the job to the worker (or finish it here if the worker is
-    /// gone).
+    /// Mark `id` as being torn down; false if it already is (its teardown is under way, and a
+    /// second one must not start: it could outlive the first and hit a new sandbox of that id).
+    pub(super) fn reserve(&self, id: &str) -> bool {
+        self.pending.lock().insert(id.to_string())
+    }
+
+    /// Hand the job of a [`Self::reserve`]d id to the worker (or finish it here if the worker
+    /// is gone).
     pub(super) fn submit(&self, host: &Host, job: Job) -> Result<(), RuntimeError> {
-        self.pending.lock().insert(job.id.clone());
         let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
-        let job = match tx.as_ref().map(|tx| tx.send(job)) {
-            Some(Ok(())) => return Ok(()),
-            Some(Err(mpsc::SendError(job))) => job,
-            None => {
-                return Err(RuntimeError::StartFailed(
-                    "the runtime is shutting down".into(),
-                ));
-            }
+        let job = match tx.as_ref() {
+            Some(tx) => match tx.send(job) {
+                Ok(()) => return Ok(()),
+                Err(mpsc::SendError(job)) => job,
+            },
+            None => job,
         };
         drop(tx);
         let id = job.id.clone();
         let result = host.finish_destroy(&id, job.pidfd);
         self.pending.done(&id);
         result
-    }
-
-    pub(super) fn is_pending(&self, id: &str) -> bool {
-        self.pending.lock().contains(id)
     }
 
     /// Ids whose teardown is under way.
@@ -148,5 +147,49 @@ impl Drop for Teardowns {
         if let Some(worker) = self.worker.lock().unwrap_or_else(|p| p.into_inner()).take() {
             let _ = worker.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::namespace::{NamespaceConfig, slots::Slots, trash::Trash};
+
+    #[test]
+    fn an_id_is_reserved_once_until_its_teardown_finished() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sandboxes = dir.path().join("sandboxes");
+        std::fs::create_dir_all(sandboxes.join("a")).expect("mkdir");
+        let host = Arc::new(Host {
+            cgroups: Box::new(prism_sys::cgroup::FakeCgroupManager::new()),
+            slots: Slots::default(),
+            trash: Trash::new(&sandboxes).expect("trash"),
+            dev_skeleton: None,
+            cfg: NamespaceConfig {
+                sandboxes_dir: sandboxes.clone(),
+                agent_path: PathBuf::from("/nonexistent"),
+            },
+        });
+        let t = Teardowns::new(host.clone()).expect("teardowns");
+        assert!(t.reserve("a"));
+        assert!(
+            !t.reserve("a"),
+            "a second teardown of the same id must not start"
+        );
+        assert!(t.pending().contains("a"));
+        let job = Job {
+            id: "a".into(),
+            pidfd: None,
+        };
+        t.submit(&host, job).expect("submit");
+        assert!(t.wait_for("a", Duration::from_secs(10)));
+        assert!(t.wait_all(Duration::from_secs(10)));
+        assert!(
+            !sandboxes.join("a").exists(),
+            "the directory went to the trash"
+        );
+        assert!(t.reserve("a"), "free again once done");
     }
 }
