@@ -28,8 +28,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 
-const ALL: &str =
-    "fork,prism,image,api,pooled,template,bwrap,crun,runsc,podman,throughput,density,stream";
+const ALL: &str = "fork,prism,prism-settled,interleaved,image,api,pooled,template,bwrap,crun,runsc,podman,throughput,density,stream";
 
 #[derive(Parser, Debug)]
 #[command(about = "Prism vs. peers: latency, throughput, density, streaming")]
@@ -40,7 +39,9 @@ struct Args {
     /// Unmeasured iterations first.
     #[arg(long, default_value_t = 3)]
     warmup: usize,
-    /// Comma-separated subset of: fork, prism, image, api, pooled, template, bwrap, crun,
+    /// Comma-separated subset of: fork, prism, prism-settled (each sample also waits for the
+    /// background teardown), interleaved (`prism` and `bwrap` samples alternating, so both see
+    /// the same load), image, api, pooled, template, bwrap, crun,
     /// runsc, podman (create → first exec → destroy; `api`, `pooled` and `template` go through a
     /// real prismd, `pooled` with a warm pool of `base`, `template` from a built template vs
     /// `base`; `image` is `prism` over an OCI image's layers), throughput, density, stream.
@@ -88,6 +89,13 @@ fn raise_nofile() {
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    // `PRISM_BENCH_LOG=prism_sys=debug,prism_core=debug` prints the runtime's per-step timings.
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("PRISM_BENCH_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    }
     if let Some(system) = &args.peer_worker {
         let bundle = args.bundle.as_deref().context("--bundle")?;
         return oci::worker(system, bundle, args.warmup, args.iterations);
@@ -111,6 +119,7 @@ fn main() -> Result<()> {
     let mut tput = Vec::new();
     let mut dens = Vec::new();
     let mut streamed = None;
+    let mut interleaved = None;
     println!(
         "prism-bench: {} iterations after {} warm-up ({} for runsc/podman); {} cores",
         args.iterations,
@@ -121,11 +130,11 @@ fn main() -> Result<()> {
     for system in systems {
         let result = match system {
             "fork" => Some(peers::fork_exec(args.warmup, args.iterations)),
-            "prism" | "image" => {
-                let fs = if system == "prism" {
-                    rootfs.clone()
-                } else {
+            "prism" | "prism-settled" | "image" => {
+                let fs = if system == "image" {
                     image::rootfs(state.path())?
+                } else {
+                    rootfs.clone()
                 };
                 let (total, parts) = prism::create_exec_destroy(
                     state.path(),
@@ -133,10 +142,45 @@ fn main() -> Result<()> {
                     &fs,
                     args.warmup,
                     args.iterations,
+                    system == "prism-settled",
+                    None,
                 )?;
                 for (name, samples) in parts {
                     rows.push(stats::Row::new(&format!("  {system}: {name}"), samples));
                 }
+                Some(Ok(total))
+            }
+            "interleaved" => {
+                if !peers::available("bwrap") {
+                    println!("interleaved: bwrap is not installed");
+                    continue;
+                }
+                let mut bw = Vec::new();
+                let mut bwrap_sample = |measured: bool| -> Result<()> {
+                    let t = std::time::Instant::now();
+                    peers::bwrap_once()?;
+                    if measured {
+                        bw.push(t.elapsed());
+                    }
+                    Ok(())
+                };
+                let (total, _) = prism::create_exec_destroy(
+                    state.path(),
+                    &agent()?,
+                    &rootfs,
+                    args.warmup,
+                    args.iterations,
+                    false,
+                    Some(&mut bwrap_sample),
+                )?;
+                let ratio = stats::Row::new("", total.clone())
+                    .percentile(0.5)
+                    .as_secs_f64()
+                    / stats::Row::new("", bw.clone())
+                        .percentile(0.5)
+                        .as_secs_f64();
+                rows.push(stats::Row::new("interleaved: bwrap", bw));
+                interleaved = Some(ratio);
                 Some(Ok(total))
             }
             "api" => Some(
@@ -218,6 +262,9 @@ fn main() -> Result<()> {
     }
     if !rows.is_empty() {
         stats::print_table(&rows);
+    }
+    if let Some(ratio) = interleaved {
+        println!("interleaved: prism p50 / bwrap p50 (samples alternating) = {ratio:.2}x");
     }
     if !tput.is_empty() {
         throughput::print(&tput);

@@ -65,7 +65,12 @@ pub fn fork_exec(warmup: usize, iterations: usize) -> Result<Vec<Duration>> {
 /// bwrap with every namespace (user included), the host's /usr read-only and fresh /proc, /dev
 /// and /tmp: the same view the `base` template gives.
 pub fn bwrap(warmup: usize, iterations: usize) -> Result<Vec<Duration>> {
-    time_runs(warmup, iterations, || {
+    time_runs(warmup, iterations, bwrap_once)
+}
+
+/// One bwrap run of `/bin/true` (see [`bwrap`]).
+pub fn bwrap_once() -> Result<()> {
+    {
         run_ok(Command::new("bwrap").args([
             "--unshare-all",
             "--unshare-user",
@@ -90,5 +95,5 @@ pub fn bwrap(warmup: usize, iterations: usize) -> Result<Vec<Duration>> {
             "/tmp",
             "/bin/true",
         ]))
-    })
+    }
 }

@@ -39,12 +39,20 @@ pub fn agent_path(given: Option<PathBuf>) -> Result<PathBuf> {
 
 type Parts = Vec<(&'static str, Vec<Duration>)>;
 
+/// How long the bench waits for the runtime's background teardowns.
+const SETTLE: Duration = Duration::from_secs(120);
+
+/// `settled`: each sample also waits until the destroyed sandbox is completely gone (destroy
+/// returns once it is killed; the rest of the teardown runs in the background). Without it, that
+/// background work overlaps the next sample, as it does in a daemon.
 pub fn create_exec_destroy(
     state: &Path,
     agent: &Path,
     rootfs: &RootfsSpec,
     warmup: usize,
     iterations: usize,
+    settled: bool,
+    mut between: Option<&mut dyn FnMut(bool) -> Result<()>>,
 ) -> Result<(Vec<Duration>, Parts)> {
     let parent = format!("prism-bench-{}", std::process::id());
     let runtime = runtime_in(state.join("sandboxes"), agent, &parent)?;
@@ -89,7 +97,13 @@ pub fn create_exec_destroy(
         }
         let t2 = Instant::now();
         runtime.destroy(&id)?;
+        if settled && !runtime.settle(SETTLE) {
+            bail!("the teardown of {id} did not finish in {SETTLE:?}");
+        }
         let t3 = Instant::now();
+        if let Some(f) = between.as_mut() {
+            f(i >= warmup)?;
+        }
         if i >= warmup {
             total.push(t3 - t0);
             start.push(t1 - t0);
@@ -97,9 +111,18 @@ pub fn create_exec_destroy(
             destroy.push(t3 - t2);
         }
     }
+    if !runtime.settle(SETTLE) {
+        bail!("teardowns did not finish in {SETTLE:?}");
+    }
+    drop(runtime);
     prism_sys::cgroup::detect(&parent)?.remove_parent()?;
+    let last = if settled {
+        "destroy + teardown"
+    } else {
+        "destroy"
+    };
     Ok((
         total,
-        vec![("start", start), ("first exec", exec), ("destroy", destroy)],
+        vec![("start", start), ("first exec", exec), (last, destroy)],
     ))
 }

@@ -145,6 +145,14 @@ pub trait Runtime: Send + Sync + 'static {
     /// destroys those with no record.
     fn leftovers(&self) -> Result<Vec<String>, RuntimeError>;
 
+    /// Wait until every destroyed sandbox is completely gone from the host (a backend may
+    /// finish a destroy in the background); false if something is still being torn down after
+    /// `timeout`. Called before the daemon exits.
+    fn settle(&self, timeout: std::time::Duration) -> bool {
+        let _ = timeout;
+        true
+    }
+
     /// The writable layers of a stopped sandbox, to read (template builds capture them). The
     /// caller must not write there, and must not start the sandbox while it reads.
     fn writable_layers(&self, id: &str) -> Result<WritableLayers, RuntimeError> {

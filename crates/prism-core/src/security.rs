@@ -131,6 +131,10 @@ pub struct SecurityProfile {
     pub max_open_files: Option<u64>,
     /// `RLIMIT_NPROC` of every user of the sandbox (soft = hard).
     pub max_processes: Option<u64>,
+    /// Mount a read-only `/sys` (sysfs of the sandbox's network namespace). Off by default: few
+    /// programs need it (`nproc`, Python's `os.cpu_count()` fall back to `/proc` and
+    /// `sched_getaffinity`), and each one costs a superblock and exposes host hardware details.
+    pub sysfs: bool,
 }
 
 impl Default for SecurityProfile {
@@ -146,6 +150,7 @@ impl Default for SecurityProfile {
             readonly_paths: DEFAULT_READONLY.iter().map(PathBuf::from).collect(),
             max_open_files: Some(4096),
             max_processes: Some(4096),
+            sysfs: false,
         }
     }
 }

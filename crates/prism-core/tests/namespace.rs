@@ -290,7 +290,7 @@ fn a_fork_bomb_is_capped_by_the_pids_limit() {
     let stats = h.runtime.stats(&handle).expect("stats");
     assert!(stats.pids <= 64, "pids {}", stats.pids);
     // The sandbox can still be torn down completely.
-    h.runtime.destroy("bomb").expect("destroy");
+    h.destroy("bomb");
     assert!(!h.state.path().join("sandboxes/bomb").exists());
 }
 
@@ -338,7 +338,7 @@ fn destroy_leaves_no_process_mount_cgroup_or_directory() {
         .filter_map(|l| l.parse().ok())
         .collect();
     assert!(pids.len() >= 3, "{pids:?}");
-    h.runtime.destroy("gone").expect("destroy");
+    h.destroy("gone");
     for pid in pids {
         assert!(
             !std::path::Path::new(&format!("/proc/{pid}")).exists(),
@@ -593,4 +593,67 @@ fn sandbox_root_cannot_signal_host_processes_or_write_sys() {
     // Without CAP_SYS_ADMIN the sandbox cannot even rename its own uts namespace.
     let host_name = std::fs::read_to_string("/proc/sys/kernel/hostname").expect("hostname");
     assert_ne!(host_name.trim(), "evil");
+}
+
+/// `/dev` is the prepared read-only skeleton with its own devpts and shm; `/sys` is absent
+/// unless asked for, and then read-only. Programs that count CPUs still work without it.
+#[test]
+fn dev_has_the_safe_devices_and_sys_is_opt_in() {
+    let Some(h) = harness("dev_and_sys") else {
+        return;
+    };
+    let (_handle, client) = h.start("devsys", limits());
+    let out = h.sh(
+        &client,
+        "stat -c '%n %u %F %t:%T' /dev/null /dev/zero /dev/full /dev/random /dev/urandom /dev/tty; \
+         echo x > /dev/null; echo null=$?; \
+         head -c 8 /dev/urandom | wc -c; \
+         touch /dev/new 2>/dev/null; echo touch=$?; \
+         echo shm > /dev/shm/f && cat /dev/shm/f; \
+         readlink /dev/ptmx /dev/fd; \
+         ls /dev/pts | grep -c ptmx; \
+         ls /sys | wc -l; \
+         nproc; python3 -c 'import os; print(\"cpus\", os.cpu_count())'",
+    );
+    assert_eq!(out.exit_code, 0, "{out:?}");
+    for (dev, num) in [
+        ("null", "1:3"),
+        ("zero", "1:5"),
+        ("full", "1:7"),
+        ("random", "1:8"),
+        ("urandom", "1:9"),
+        ("tty", "5:0"),
+    ] {
+        let line = format!("/dev/{dev} 0 character special file {num}");
+        assert!(out.stdout.contains(&line), "{line} in {out:?}");
+    }
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    let rest = &lines[6..];
+    assert_eq!(rest[0], "null=0", "{out:?}");
+    assert_eq!(rest[1], "8", "{out:?}");
+    assert_ne!(rest[2], "touch=0", "/dev is writable: {out:?}");
+    assert_eq!(rest[3], "shm", "{out:?}");
+    assert_eq!(&rest[4..6], ["pts/ptmx", "/proc/self/fd"], "{out:?}");
+    assert_eq!(rest[6], "1", "devpts has its ptmx: {out:?}");
+    assert_eq!(rest[7], "0", "/sys is empty: {out:?}");
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    assert_eq!(rest[8], cpus.to_string(), "{out:?}");
+    assert_eq!(rest[9], format!("cpus {cpus}"), "{out:?}");
+
+    let mut spec = h.spec("withsys", limits());
+    spec.security.sysfs = true;
+    let handle = h.runtime.start(&spec).expect("start with /sys");
+    let client = prism_proto::AgentClient::new(&handle.agent_socket);
+    let out = h.sh(
+        &client,
+        "test -d /sys/kernel && echo kernel; \
+         echo 1 > /sys/kernel/mm/transparent_hugepage/enabled; echo write=$?",
+    );
+    assert!(out.stdout.starts_with("kernel\nwrite="), "{out:?}");
+    assert!(
+        !out.stdout.contains("write=0"),
+        "/sys was writable: {out:?}"
+    );
+    assert!(out.stderr.contains("Read-only file system"), "{out:?}");
+    h.destroy("withsys");
 }

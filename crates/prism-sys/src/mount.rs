@@ -21,10 +21,10 @@ struct MountAttr {
     userns_fd: u64,
 }
 
-/// A detached, read-only, nosuid, nodev clone of the mount at `path`, with ids mapped through
-/// `userns` (host id 0 shows as the namespace's root). Non-recursive: submounts of `path` are not
-/// part of the view.
-pub fn idmapped_tree(path: &Path, userns: &OwnedFd) -> io::Result<OwnedFd> {
+/// A detached, read-only, nosuid clone of the mount at `path`, with ids mapped through `userns`
+/// (host id 0 shows as the namespace's root), and `nodev` unless `devices`. Non-recursive:
+/// submounts of `path` are not part of the view.
+pub fn idmapped_tree(path: &Path, userns: &OwnedFd, devices: bool) -> io::Result<OwnedFd> {
     let c = std::ffi::CString::new(path.as_os_str().as_bytes())
         .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     // SAFETY: open_tree with a valid C string; returns a new fd or -1.
@@ -42,7 +42,10 @@ pub fn idmapped_tree(path: &Path, userns: &OwnedFd) -> io::Result<OwnedFd> {
     // SAFETY: the fd is new and ours.
     let tree = unsafe { OwnedFd::from_raw_fd(fd as i32) };
     let attr = MountAttr {
-        attr_set: MOUNT_ATTR_IDMAP | MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+        attr_set: MOUNT_ATTR_IDMAP
+            | MOUNT_ATTR_RDONLY
+            | MOUNT_ATTR_NOSUID
+            | if devices { 0 } else { MOUNT_ATTR_NODEV },
         attr_clr: 0,
         propagation: 0,
         userns_fd: userns.as_raw_fd() as u64,

@@ -164,6 +164,10 @@ pub struct SecurityOptions {
     /// (PID 1) stays untraceable.
     #[serde(default)]
     pub allow_ptrace: bool,
+    /// Mount a read-only `/sys` (the sandbox's own sysfs). Off by default: sandboxes have no
+    /// `/sys`.
+    #[serde(default)]
+    pub sysfs: bool,
 }
 
 /// A sandbox as the API shows it.

@@ -155,6 +155,9 @@ pub struct RunArgs {
     /// Allow ptrace between the sandbox's processes (debuggers, strace).
     #[arg(long)]
     pub allow_ptrace: bool,
+    /// Mount a read-only /sys in the sandbox (none by default).
+    #[arg(long)]
+    pub sysfs: bool,
     /// TTL in seconds (0 = none; default 300).
     #[arg(long)]
     pub timeout: Option<u64>,

@@ -90,9 +90,10 @@ fn create_request(a: &RunArgs, cmd: Option<Vec<String>>) -> anyhow::Result<Creat
         idle_timeout_s: a.idle_timeout,
         network: a.network.clone(),
         ports: a.ports.clone(),
-        security: a
-            .allow_ptrace
-            .then_some(SecurityOptions { allow_ptrace: true }),
+        security: (a.allow_ptrace || a.sysfs).then_some(SecurityOptions {
+            allow_ptrace: a.allow_ptrace,
+            sysfs: a.sysfs,
+        }),
     })
 }
 

@@ -22,6 +22,8 @@ use crate::{AppState, app};
 
 /// How long open streams (logs -f, terminals) may delay a graceful shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How long the daemon waits at exit for sandbox teardowns still running in the background.
+const SHUTDOWN_SETTLE: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -164,6 +166,7 @@ pub async fn run(cfg: Config, runtime: Arc<dyn Runtime>) -> Result<(), DaemonErr
             count = failed
         );
     }
+    let settle = runtime.clone();
     let manager = SandboxManager::new(
         store.clone(),
         runtime,
@@ -263,6 +266,13 @@ pub async fn run(cfg: Config, runtime: Arc<dyn Runtime>) -> Result<(), DaemonErr
     shutdown_manager.close_pools().await;
     if cfg.stop_sandboxes_on_shutdown {
         stop_all(&shutdown_manager).await;
+    }
+    // Destroys finish in the background: let them complete before exiting.
+    let settled = tokio::task::spawn_blocking(move || settle.settle(SHUTDOWN_SETTLE)).await;
+    if !matches!(settled, Ok(true)) {
+        tracing::warn!(
+            message = "some sandbox teardowns did not finish before exit (the janitor finishes them at the next start)"
+        );
     }
     Ok(())
 }

@@ -169,10 +169,13 @@ async fn lifecycle_exec_files_logs_and_ws() {
         SandboxState::Destroyed
     );
     assert_eq!(c.get("e2e").await.unwrap_err().status(), Some(404));
-    assert!(
-        !dir.path().join("sandboxes").join(&sb.id).exists(),
-        "runtime state removed"
-    );
+    // The runtime's state goes with the background teardown that destroy started.
+    let gone = dir.path().join("sandboxes").join(&sb.id);
+    eventually(30, "runtime state removed", || {
+        let gone = gone.clone();
+        async move { (!gone.exists()).then_some(()) }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -292,15 +295,23 @@ async fn records_survive_kill_9_and_sandboxes_are_readopted() {
     {
         assert_eq!(c.destroy(id).await.unwrap().state, SandboxState::Destroyed);
     }
-    // Nothing leaked: no cgroup and no directory of any sandbox remains.
-    assert_eq!(cgroups.list().unwrap(), Vec::<String>::new());
-    let left: Vec<_> = std::fs::read_dir(dir.path().join("sandboxes"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name())
-        .filter(|n| n != ".trash")
-        .collect();
-    assert!(left.is_empty(), "{left:?}");
+    // Nothing leaked: once the background teardowns are done, no cgroup and no directory of
+    // any sandbox remains (the runtime's own `.trash` and `.dev-*` are not sandboxes).
+    let sandboxes = dir.path().join("sandboxes");
+    eventually(30, "every sandbox's cgroup and directory gone", || {
+        let sandboxes = sandboxes.clone();
+        let cgroups = &cgroups;
+        async move {
+            let left: Vec<_> = std::fs::read_dir(&sandboxes)
+                .ok()?
+                .flatten()
+                .map(|e| e.file_name())
+                .filter(|n| !n.to_string_lossy().starts_with('.'))
+                .collect();
+            (cgroups.list().ok()?.is_empty() && left.is_empty()).then_some(())
+        }
+    })
+    .await;
     // Destroyed sandboxes' directories are deleted in the background: the trash empties.
     let trash = dir.path().join("sandboxes/.trash");
     eventually(30, "the trash to empty", || {
@@ -578,4 +589,54 @@ async fn terminal_over_websocket() {
     }
     let out = String::from_utf8_lossy(&out);
     assert!(out.contains("/dev/pts/") && out.contains("33 91"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sys_is_mounted_only_when_asked() {
+    if !support::root_or_skip("sys_is_mounted_only_when_asked") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(dir.path()).await;
+    let c = &d.client;
+    c.create(&create_req(r#"{"name":"nosys"}"#)).await.unwrap();
+    c.create(&create_req(r#"{"name":"sys","security":{"sysfs":true}}"#))
+        .await
+        .unwrap();
+    let probe = "ls /sys | wc -l; test -d /sys/kernel && echo kernel; \
+                 touch /sys/x 2>/dev/null && echo rw || echo ro";
+    let none = c.exec("nosys", &sh(probe)).await.unwrap();
+    // Without sysfs, /sys is an empty directory of the sandbox's own writable root.
+    assert_eq!(none.stdout, "0\nrw\n", "{none:?}");
+    let with = c.exec("sys", &sh(probe)).await.unwrap();
+    let lines: Vec<&str> = with.stdout.lines().collect();
+    assert!(lines[0].parse::<u32>().unwrap_or(0) > 0, "{with:?}");
+    assert_eq!(&lines[1..], ["kernel", "ro"], "{with:?}");
+    // An unknown security option is a 4xx, not silently ignored.
+    let resp = reqwest::Client::new()
+        .post(format!("{}/v1/sandboxes", d.url()))
+        .header("content-type", "application/json")
+        .body(r#"{"security":{"sysfs":true,"nope":1}}"#)
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_client_error(), "{}", resp.status());
+    // The CLI flag reaches the same option.
+    let out = ctl(
+        &d,
+        &[
+            "run",
+            "--rm",
+            "--sysfs",
+            "--",
+            "sh",
+            "-c",
+            "test -d /sys/kernel && echo kernel",
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("kernel"),
+        "{out:?}"
+    );
 }

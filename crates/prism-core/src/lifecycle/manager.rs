@@ -721,8 +721,14 @@ fn security_profile(
     opts: Option<prism_types::SecurityOptions>,
 ) -> crate::security::SecurityProfile {
     let profile = crate::security::SecurityProfile::default();
-    match opts {
-        Some(o) if o.allow_ptrace => profile.allow_ptrace(),
-        _ => profile,
-    }
+    let Some(o) = opts else {
+        return profile;
+    };
+    let mut profile = if o.allow_ptrace {
+        profile.allow_ptrace()
+    } else {
+        profile
+    };
+    profile.sysfs = o.sysfs;
+    profile
 }

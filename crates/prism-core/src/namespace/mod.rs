@@ -2,9 +2,11 @@
 //! and network namespaces, with an overlay root over idmapped read-only host directories, limits
 //! from a cgroup, and `prism-agent` as PID 1.
 
+mod devskel;
 mod disk;
 mod plan;
 mod slots;
+mod teardown;
 #[cfg(test)]
 mod tests;
 mod trash;
@@ -15,13 +17,14 @@ use std::io;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use prism_sys::cgroup::{CgroupError, CgroupLimits, CgroupManager};
 use prism_sys::ids::IdMap;
 use prism_sys::launch::{LaunchConfig, launch};
 
-pub use plan::{MountPlan, SandboxDirs, plan};
+pub use plan::{MountPlan, PlanOptions, SandboxDirs, plan};
 use slots::Slots;
 
 use crate::runtime::{
@@ -40,15 +43,27 @@ pub struct NamespaceConfig {
     pub agent_path: PathBuf,
 }
 
+/// How long a start waits for the teardown of an earlier sandbox with the same id.
+const TEARDOWN_WAIT: Duration = Duration::from_secs(30);
+
 /// The namespace runtime.
 #[derive(Debug)]
 pub struct NamespaceRuntime {
+    host: Arc<Host>,
+    /// pidfds of the sandbox inits we started (our children, to reap).
+    children: Mutex<HashMap<String, OwnedFd>>,
+    teardowns: teardown::Teardowns,
+}
+
+/// What the runtime and its teardown thread share.
+#[derive(Debug)]
+struct Host {
     cfg: NamespaceConfig,
     cgroups: Box<dyn CgroupManager>,
     slots: Slots,
     trash: trash::Trash,
-    /// pidfds of the sandbox inits we started (our children, to reap).
-    children: Mutex<HashMap<String, OwnedFd>>,
+    /// The prepared `/dev` shared by every sandbox (none on a `nodev` state directory).
+    dev_skeleton: Option<PathBuf>,
 }
 
 fn sys(op: &'static str) -> impl FnOnce(io::Error) -> RuntimeError {
@@ -126,30 +141,36 @@ impl NamespaceRuntime {
                 }
             }
         }
-        Ok(Self {
+        let dev_skeleton = devskel::ensure(&cfg.sandboxes_dir);
+        let host = Arc::new(Host {
+            dev_skeleton,
             cfg,
             cgroups,
             slots,
-            children: Mutex::new(HashMap::new()),
             trash,
+        });
+        let teardowns =
+            teardown::Teardowns::new(host.clone()).map_err(sys("starting the teardown thread"))?;
+        Ok(Self {
+            host,
+            children: Mutex::new(HashMap::new()),
+            teardowns,
         })
     }
 
     fn dirs(&self, id: &str) -> SandboxDirs {
-        let dirs = SandboxDirs::new(&self.cfg.sandboxes_dir, id);
-        let quota = disk::has_quota(&dirs);
-        dirs.with_quota(quota)
+        self.host.dirs(id)
     }
 
     /// Create the sandbox's directories (first start) and return its id range.
     fn prepare_dirs(&self, spec: &SandboxSpec, dirs: &SandboxDirs) -> Result<IdMap, RuntimeError> {
         let base = match read_uid_base(dirs) {
             Some(base) => {
-                self.slots.take(base);
+                self.host.slots.take(base);
                 base
             }
             None => {
-                let base = self.slots.allocate().ok_or(RuntimeError::NoUidRange)?;
+                let base = self.host.slots.allocate().ok_or(RuntimeError::NoUidRange)?;
                 fs::create_dir_all(&dirs.root).map_err(sys("creating the sandbox directory"))?;
                 fs::write(dirs.uid_file(), base.to_string())
                     .map_err(sys("recording the id range"))?;
@@ -219,7 +240,11 @@ impl NamespaceRuntime {
         dirs: &SandboxDirs,
         ids: IdMap,
     ) -> Result<SandboxHandle, RuntimeError> {
-        let mut plan = plan(dirs, &spec.rootfs, &spec.hostname)?;
+        let opts = PlanOptions {
+            dev_skeleton: self.host.dev_skeleton.clone(),
+            sysfs: spec.security.sysfs,
+        };
+        let mut plan = plan(dirs, &spec.rootfs, &spec.hostname, &opts)?;
         plan.add_security(dirs, &spec.security)?;
         let hardening = spec.security.hardening()?;
         let socket = dirs.agent_socket();
@@ -233,8 +258,9 @@ impl NamespaceRuntime {
         let cfg = LaunchConfig {
             ids,
             trees: plan.trees,
+            device_tree: plan.device_tree,
             steps: plan.steps,
-            exe: self.cfg.agent_path.clone(),
+            exe: self.host.cfg.agent_path.clone(),
             argv: vec!["prism-agent".into(), "--listen-fd".into(), "3".into()],
             env: vec![
                 "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
@@ -246,7 +272,8 @@ impl NamespaceRuntime {
             hardening,
         };
         let launched = launch(&cfg, &mut |pid| {
-            self.cgroups
+            self.host
+                .cgroups
                 .add_process(&spec.id, pid)
                 .map_err(io::Error::other)
         })
@@ -296,10 +323,40 @@ impl NamespaceRuntime {
             let _ = prism_sys::proc::pidfd_kill(&fd, prism_sys::proc::SIGKILL);
             let _ = prism_sys::proc::pidfd_wait(&fd);
         }
-        match self.cgroups.kill_all(id) {
+        match self.host.cgroups.kill_all(id) {
             Ok(()) | Err(CgroupError::NotFound(_)) => Ok(()),
             Err(e) => Err(RuntimeError::StartFailed(error_chain(&e))),
         }
+    }
+}
+
+impl Host {
+    fn dirs(&self, id: &str) -> SandboxDirs {
+        let dirs = SandboxDirs::new(&self.cfg.sandboxes_dir, id);
+        let quota = disk::has_quota(&dirs);
+        dirs.with_quota(quota)
+    }
+
+    /// The background half of destroy: reap the killed init (`pidfd`, if it was our child),
+    /// kill whatever is left in the cgroup and remove it, unmount the disk image, discard the
+    /// directory, and release the uid range last.
+    fn finish_destroy(&self, id: &str, pidfd: Option<OwnedFd>) -> Result<(), RuntimeError> {
+        if let Some(fd) = pidfd {
+            let _ = prism_sys::proc::pidfd_wait(&fd);
+        }
+        self.cgroups
+            .destroy(id)
+            .map_err(|e| RuntimeError::StartFailed(error_chain(&e)))?;
+        let dirs = self.dirs(id);
+        disk::unmount(&dirs).map_err(|e| RuntimeError::StartFailed(error_chain(&e)))?;
+        let base = read_uid_base(&dirs);
+        self.trash
+            .discard(&dirs.root)
+            .map_err(sys("removing the sandbox directory"))?;
+        if let Some(base) = base {
+            self.slots.release(base);
+        }
+        Ok(())
     }
 }
 
@@ -357,10 +414,17 @@ impl Runtime for NamespaceRuntime {
 
     fn start(&self, spec: &SandboxSpec) -> Result<SandboxHandle, RuntimeError> {
         validate_id(&spec.id)?;
+        if !self.teardowns.wait_for(&spec.id, TEARDOWN_WAIT) {
+            return Err(RuntimeError::StartFailed(format!(
+                "the previous sandbox {} is still being torn down",
+                spec.id
+            )));
+        }
         let dirs = self.dirs(&spec.id);
         // The quota is decided at the first start: an existing image keeps being used.
         let quota = dirs.quota || spec.limits.disk_bytes.is_some();
         let dirs = dirs.with_quota(quota);
+        let t0 = std::time::Instant::now();
         let ids = match self.prepare_dirs(spec, &dirs) {
             Ok(ids) => ids,
             Err(e) => {
@@ -368,11 +432,23 @@ impl Runtime for NamespaceRuntime {
                 return Err(e);
             }
         };
-        self.cgroups
+        let t1 = std::time::Instant::now();
+        self.host
+            .cgroups
             .create(&spec.id, &cgroup_limits(spec))
             .map_err(|e| RuntimeError::InvalidSpec(error_chain(&e)))?;
+        let t2 = std::time::Instant::now();
         match self.launch(spec, &dirs, ids) {
-            Ok(h) => Ok(h),
+            Ok(h) => {
+                tracing::debug!(
+                    message = "start timing",
+                    sandbox_id = %spec.id,
+                    dirs_us = (t1 - t0).as_micros() as u64,
+                    cgroup_us = (t2 - t1).as_micros() as u64,
+                    launch_us = t2.elapsed().as_micros() as u64,
+                );
+                Ok(h)
+            }
             Err(e) => {
                 let _ = self.kill(&spec.id);
                 let _ = disk::unmount(&dirs);
@@ -395,27 +471,35 @@ impl Runtime for NamespaceRuntime {
         Ok(())
     }
 
+    /// Kills the sandbox and returns; the rest of the teardown (reaping, cgroup, mounts,
+    /// directories, uid range) finishes in the background (see `teardown.rs`). A start with the
+    /// same id waits for it; [`NamespaceRuntime::settle`] waits for all of them.
     fn destroy(&self, id: &str) -> Result<(), RuntimeError> {
         validate_id(id)?;
-        self.kill(id)?;
-        self.cgroups
-            .destroy(id)
-            .map_err(|e| RuntimeError::StartFailed(error_chain(&e)))?;
-        let dirs = self.dirs(id);
-        disk::unmount(&dirs).map_err(|e| RuntimeError::StartFailed(error_chain(&e)))?;
-        let base = read_uid_base(&dirs);
-        self.trash
-            .discard(&dirs.root)
-            .map_err(sys("removing the sandbox directory"))?;
-        if let Some(base) = base {
-            self.slots.release(base);
+        if !self.teardowns.reserve(id) {
+            return Ok(());
         }
-        Ok(())
+        let pidfd = self.lock_children().remove(id);
+        if let Some(fd) = &pidfd {
+            // Killing a pid namespace's init kills every process in it.
+            let _ = prism_sys::proc::pidfd_kill(fd, prism_sys::proc::SIGKILL);
+        }
+        self.teardowns.submit(
+            &self.host,
+            teardown::Job {
+                id: id.to_string(),
+                pidfd,
+            },
+        )
+    }
+
+    fn settle(&self, timeout: Duration) -> bool {
+        self.teardowns.wait_all(timeout)
     }
 
     fn adopt(&self, handle: &SandboxHandle) -> Result<bool, RuntimeError> {
         validate_id(&handle.id)?;
-        self.slots.take(handle.uid_base);
+        self.host.slots.take(handle.uid_base);
         Ok(self.open_pidfd(handle)?.is_some())
     }
 
@@ -441,6 +525,7 @@ impl Runtime for NamespaceRuntime {
 
     fn stats(&self, handle: &SandboxHandle) -> Result<SandboxStats, RuntimeError> {
         let c = self
+            .host
             .cgroups
             .stats(&handle.id)
             .map_err(|e| RuntimeError::NotFound(error_chain(&e)))?;
@@ -448,7 +533,7 @@ impl Runtime for NamespaceRuntime {
         // folded into whoever reaped them (ultimately the agent, PID 1): the sum over the living
         // is the sandbox's total.
         let mut io = prism_sys::proc::IoCounters::default();
-        for pid in self.cgroups.pids(&handle.id).unwrap_or_default() {
+        for pid in self.host.cgroups.pids(&handle.id).unwrap_or_default() {
             if let Ok(c) = prism_sys::proc::io_counters(pid) {
                 io.read_bytes += c.read_bytes;
                 io.write_bytes += c.write_bytes;
@@ -474,10 +559,11 @@ impl Runtime for NamespaceRuntime {
 
     fn leftovers(&self) -> Result<Vec<String>, RuntimeError> {
         let mut ids: Vec<String> = self
+            .host
             .cgroups
             .list()
             .map_err(|e| RuntimeError::StartFailed(error_chain(&e)))?;
-        if let Ok(entries) = fs::read_dir(&self.cfg.sandboxes_dir) {
+        if let Ok(entries) = fs::read_dir(&self.host.cfg.sandboxes_dir) {
             ids.extend(
                 entries
                     .flatten()
@@ -486,7 +572,9 @@ impl Runtime for NamespaceRuntime {
         }
         ids.sort();
         ids.dedup();
-        ids.retain(|id| validate_id(id).is_ok());
+        // A sandbox whose teardown is under way is no orphan.
+        let pending = self.teardowns.pending();
+        ids.retain(|id| validate_id(id).is_ok() && !pending.contains(id));
         Ok(ids)
     }
 

@@ -72,11 +72,32 @@ impl SandboxDirs {
 pub struct MountPlan {
     /// Host directories to idmap; `Step::AttachTree { tree }` indexes into this.
     pub trees: Vec<PathBuf>,
+    /// The tree whose device nodes stay usable (the prepared `/dev`), if any.
+    pub device_tree: Option<usize>,
     pub steps: Vec<Step>,
 }
 
-/// Device nodes bind-mounted from the host into the sandbox's `/dev`.
+/// The host's device nodes a sandbox's `/dev` has.
 pub const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
+
+/// Symbolic links in a sandbox's `/dev`.
+pub const DEV_LINKS: [(&str, &str); 5] = [
+    ("ptmx", "pts/ptmx"),
+    ("fd", "/proc/self/fd"),
+    ("stdin", "/proc/self/fd/0"),
+    ("stdout", "/proc/self/fd/1"),
+    ("stderr", "/proc/self/fd/2"),
+];
+
+/// Choices of the runtime that shape a plan beyond the root filesystem.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PlanOptions {
+    /// A prepared host directory holding the sandbox's `/dev` (see `devskel.rs`), attached as
+    /// one idmapped read-only tree instead of a tmpfs with one bind mount per device.
+    pub dev_skeleton: Option<PathBuf>,
+    /// Mount a read-only `/sys` (none by default).
+    pub sysfs: bool,
+}
 
 fn overlay_safe(p: &Path) -> Result<String, RuntimeError> {
     let s = p
@@ -124,6 +145,7 @@ pub fn plan(
     dirs: &SandboxDirs,
     rootfs: &RootfsSpec,
     hostname: &str,
+    opts: &PlanOptions,
 ) -> Result<MountPlan, RuntimeError> {
     let first = rootfs.mounts.first().ok_or_else(|| {
         RuntimeError::InvalidSpec("the root filesystem needs at least one layer".into())
@@ -182,46 +204,35 @@ pub fn plan(
         mode: 0o555,
     });
     steps.push(mount("proc", at("proc"), "proc", nosuid_nodev_noexec, None));
-    steps.push(Step::Mkdir {
-        path: at("sys"),
-        mode: 0o555,
-    });
-    steps.push(mount(
-        "sysfs",
-        at("sys"),
-        "sysfs",
-        nosuid_nodev_noexec | flags::RDONLY,
-        None,
-    ));
+    if opts.sysfs {
+        steps.push(Step::Mkdir {
+            path: at("sys"),
+            mode: 0o555,
+        });
+        steps.push(mount(
+            "sysfs",
+            at("sys"),
+            "sysfs",
+            nosuid_nodev_noexec | flags::RDONLY,
+            None,
+        ));
+    }
     steps.push(Step::Mkdir {
         path: at("dev"),
         mode: 0o755,
     });
-    steps.push(mount(
-        "tmpfs",
-        at("dev"),
-        "tmpfs",
-        flags::NOSUID | flags::NOEXEC,
-        Some("mode=755,size=64k"),
-    ));
-    for dev in DEVICES {
-        let target = at("dev").join(dev);
-        steps.push(Step::Touch {
-            path: target.clone(),
-            mode: 0o666,
+    let mut device_tree = None;
+    if let Some(skeleton) = &opts.dev_skeleton {
+        // One read-only tree with the devices, `pts`, `shm` and the links already in it.
+        device_tree = Some(trees.len());
+        steps.push(Step::AttachTree {
+            tree: trees.len(),
+            target: at("dev"),
         });
-        steps.push(Step::Mount {
-            source: format!("/dev/{dev}"),
-            target,
-            fstype: None,
-            flags: flags::BIND,
-            data: None,
-        });
+        trees.push(skeleton.clone());
+    } else {
+        dev_on_tmpfs(&mut steps, &at("dev"));
     }
-    steps.push(Step::Mkdir {
-        path: at("dev/pts"),
-        mode: 0o755,
-    });
     steps.push(mount(
         "devpts",
         at("dev/pts"),
@@ -229,14 +240,6 @@ pub fn plan(
         flags::NOSUID | flags::NOEXEC,
         Some("newinstance,ptmxmode=0666,mode=0620"),
     ));
-    steps.push(Step::Symlink {
-        target: "pts/ptmx".into(),
-        link: at("dev/ptmx"),
-    });
-    steps.push(Step::Mkdir {
-        path: at("dev/shm"),
-        mode: 0o1777,
-    });
     steps.push(mount(
         "shm",
         at("dev/shm"),
@@ -244,17 +247,6 @@ pub fn plan(
         nosuid_nodev_noexec,
         Some("mode=1777"),
     ));
-    for (name, target) in [
-        ("fd", "/proc/self/fd"),
-        ("stdin", "/proc/self/fd/0"),
-        ("stdout", "/proc/self/fd/1"),
-        ("stderr", "/proc/self/fd/2"),
-    ] {
-        steps.push(Step::Symlink {
-            target: target.into(),
-            link: at("dev").join(name),
-        });
-    }
     steps.push(Step::Mkdir {
         path: at("tmp"),
         mode: 0o1777,
@@ -269,7 +261,51 @@ pub fn plan(
     steps.push(Step::LoopbackUp);
     steps.push(Step::Hostname(hostname.to_string()));
     steps.push(Step::PivotRoot { new_root: root });
-    Ok(MountPlan { trees, steps })
+    Ok(MountPlan {
+        trees,
+        device_tree,
+        steps,
+    })
+}
+
+/// `/dev` without a prepared skeleton: a tmpfs with one bind mount per device, the mount points
+/// of `pts` and `shm`, and the usual links.
+fn dev_on_tmpfs(steps: &mut Vec<Step>, dev: &Path) {
+    steps.push(mount(
+        "tmpfs",
+        dev.to_path_buf(),
+        "tmpfs",
+        flags::NOSUID | flags::NOEXEC,
+        Some("mode=755,size=64k"),
+    ));
+    for name in DEVICES {
+        let target = dev.join(name);
+        steps.push(Step::Touch {
+            path: target.clone(),
+            mode: 0o666,
+        });
+        steps.push(Step::Mount {
+            source: format!("/dev/{name}"),
+            target,
+            fstype: None,
+            flags: flags::BIND,
+            data: None,
+        });
+    }
+    steps.push(Step::Mkdir {
+        path: dev.join("pts"),
+        mode: 0o755,
+    });
+    steps.push(Step::Mkdir {
+        path: dev.join("shm"),
+        mode: 0o1777,
+    });
+    for (name, target) in DEV_LINKS {
+        steps.push(Step::Symlink {
+            target: target.into(),
+            link: dev.join(name),
+        });
+    }
 }
 
 impl MountPlan {

@@ -28,6 +28,7 @@ fn plan_idmaps_every_lower_and_overlays_each_layer() {
         &dirs(),
         &spec(vec![("/", vec!["/skel"]), ("/usr", vec!["/usr"])]),
         "h",
+        &PlanOptions::default(),
     )
     .unwrap();
     assert_eq!(p.trees, vec![PathBuf::from("/skel"), PathBuf::from("/usr")]);
@@ -73,7 +74,13 @@ fn plan_idmaps_every_lower_and_overlays_each_layer() {
 
 #[test]
 fn plan_exposes_only_the_safe_devices() {
-    let p = plan(&dirs(), &spec(vec![("/", vec!["/skel"])]), "h").unwrap();
+    let p = plan(
+        &dirs(),
+        &spec(vec![("/", vec!["/skel"])]),
+        "h",
+        &PlanOptions::default(),
+    )
+    .unwrap();
     let binds: Vec<String> = p
         .steps
         .iter()
@@ -100,17 +107,97 @@ fn plan_exposes_only_the_safe_devices() {
 }
 
 #[test]
+fn a_prepared_dev_is_one_device_tree_and_sys_is_opt_in() {
+    let opts = PlanOptions {
+        dev_skeleton: Some(PathBuf::from("/state/.dev-v1")),
+        sysfs: false,
+    };
+    let p = plan(&dirs(), &spec(vec![("/", vec!["/skel"])]), "h", &opts).unwrap();
+    assert_eq!(
+        p.trees,
+        vec![PathBuf::from("/skel"), PathBuf::from("/state/.dev-v1")]
+    );
+    assert_eq!(p.device_tree, Some(1), "only the /dev tree keeps devices");
+    assert!(p.steps.iter().any(|s| matches!(
+        s,
+        Step::AttachTree { tree: 1, target } if target.ends_with("rootfs/dev")
+    )));
+    let mounts: Vec<(String, PathBuf)> = p
+        .steps
+        .iter()
+        .filter_map(|s| match s {
+            Step::Mount { source, target, .. } => Some((source.clone(), target.clone())),
+            _ => None,
+        })
+        .collect();
+    // No tmpfs /dev, no device binds, no sysfs: overlay, proc, devpts, shm, tmp.
+    let sources: Vec<&str> = mounts.iter().map(|(s, _)| s.as_str()).collect();
+    assert_eq!(
+        sources,
+        ["overlay", "proc", "devpts", "shm", "tmpfs"],
+        "{mounts:?}"
+    );
+    assert!(mounts[2].1.ends_with("rootfs/dev/pts"));
+    assert!(mounts[3].1.ends_with("rootfs/dev/shm"));
+    // Asked for, /sys is read-only sysfs; the tmpfs /dev fallback has no device tree.
+    let with_sys = PlanOptions {
+        sysfs: true,
+        ..Default::default()
+    };
+    let p = plan(&dirs(), &spec(vec![("/", vec!["/skel"])]), "h", &with_sys).unwrap();
+    assert_eq!(p.device_tree, None);
+    assert!(p.steps.iter().any(|s| matches!(
+        s,
+        Step::Mount { fstype: Some(f), flags, target, .. }
+            if f == "sysfs" && flags & prism_sys::launch::flags::RDONLY != 0 && target.ends_with("rootfs/sys")
+    )));
+}
+
+#[test]
 fn plan_rejects_bad_specs() {
-    assert!(plan(&dirs(), &spec(vec![]), "h").is_err());
-    assert!(plan(&dirs(), &spec(vec![("/usr", vec!["/usr"])]), "h").is_err());
-    assert!(plan(&dirs(), &spec(vec![("/", vec![])]), "h").is_err());
-    assert!(plan(&dirs(), &spec(vec![("/", vec!["/a,upperdir=/x"])]), "h").is_err());
-    assert!(plan(&dirs(), &spec(vec![("/", vec!["relative"])]), "h").is_err());
+    assert!(plan(&dirs(), &spec(vec![]), "h", &PlanOptions::default()).is_err());
+    assert!(
+        plan(
+            &dirs(),
+            &spec(vec![("/usr", vec!["/usr"])]),
+            "h",
+            &PlanOptions::default()
+        )
+        .is_err()
+    );
+    assert!(
+        plan(
+            &dirs(),
+            &spec(vec![("/", vec![])]),
+            "h",
+            &PlanOptions::default()
+        )
+        .is_err()
+    );
+    assert!(
+        plan(
+            &dirs(),
+            &spec(vec![("/", vec!["/a,upperdir=/x"])]),
+            "h",
+            &PlanOptions::default()
+        )
+        .is_err()
+    );
+    assert!(
+        plan(
+            &dirs(),
+            &spec(vec![("/", vec!["relative"])]),
+            "h",
+            &PlanOptions::default()
+        )
+        .is_err()
+    );
     assert!(
         plan(
             &dirs(),
             &spec(vec![("/", vec!["/a"]), ("/../etc", vec!["/b"])]),
-            "h"
+            "h",
+            &PlanOptions::default(),
         )
         .is_err()
     );

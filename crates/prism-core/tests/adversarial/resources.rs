@@ -142,7 +142,7 @@ open("/keep", "w").write("kept")
     assert_eq!(h.sh(&client, "cat /keep").stdout, "kept");
     let img = image.display().to_string();
     assert!(loop_backing_files().contains(&img));
-    h.runtime.destroy("adv-disk").expect("destroy");
+    h.destroy("adv-disk");
     assert!(!image.exists());
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
     assert!(!mounts.contains("adv-disk"), "mount left behind");
@@ -344,7 +344,7 @@ print("spawned")
         members().len() >= 4,
         "the escapees should run before destroy"
     );
-    h.runtime.destroy("adv-escape").expect("destroy");
+    h.destroy("adv-escape");
     assert_eq!(members(), Vec::<u32>::new());
     assert!(
         !h.runtime

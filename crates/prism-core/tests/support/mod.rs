@@ -125,7 +125,32 @@ impl Harness {
     pub fn sh(&self, client: &AgentClient, script: &str) -> Output {
         self.run(client, &["/bin/sh", "-c", script])
     }
+
+    /// A second runtime over the same state directory and cgroup parent: what a restarted
+    /// daemon builds.
+    pub fn reopen(&self) -> NamespaceRuntime {
+        NamespaceRuntime::new(
+            NamespaceConfig {
+                sandboxes_dir: self.state.path().join("sandboxes"),
+                agent_path: agent_path(),
+            },
+            prism_sys::cgroup::detect(&self.cgroup_parent).expect("cgroups"),
+        )
+        .expect("runtime")
+    }
+
+    /// Destroy `id` and wait (with a deadline) until its background teardown has finished.
+    pub fn destroy(&self, id: &str) {
+        self.runtime.destroy(id).expect("destroy");
+        assert!(
+            self.runtime.settle(SETTLE),
+            "the teardown of {id} did not finish within {SETTLE:?}"
+        );
+    }
 }
+
+/// How long a test waits for background teardowns.
+pub const SETTLE: std::time::Duration = std::time::Duration::from_secs(30);
 
 pub fn start_request(argv: &[&str]) -> StartRequest {
     StartRequest {
@@ -165,6 +190,7 @@ impl Drop for Harness {
         for id in self.ids.lock().map(|v| v.clone()).unwrap_or_default() {
             let _ = self.runtime.destroy(&id);
         }
+        self.runtime.settle(SETTLE);
         if let Ok(cgroups) = prism_sys::cgroup::detect(&self.cgroup_parent) {
             let _ = cgroups.remove_parent();
         }

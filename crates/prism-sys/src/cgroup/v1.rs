@@ -124,7 +124,9 @@ impl V1Manager {
         Ok(())
     }
 
-    fn apply(&self, id: &str, limits: &CgroupLimits) -> Result<(), CgroupError> {
+    /// Writes `limits`. A `fresh` cgroup (every directory just made) holds the kernel's
+    /// defaults, which are the "no limit" values: only the limits that are set are written.
+    fn apply(&self, id: &str, limits: &CgroupLimits, fresh: bool) -> Result<(), CgroupError> {
         let files = self.files();
 
         let cpu = self.dir(&self.hierarchies.cpu, id);
@@ -135,18 +137,28 @@ impl V1Manager {
             }
             None => ("-1".to_owned(), CPU_PERIOD_US),
         };
-        // Lower the quota first: a period shorter than the quota in place is refused otherwise.
-        files.write(&cpu.join("cpu.cfs_quota_us"), "-1")?;
-        files.write(&cpu.join("cpu.cfs_period_us"), &period.to_string())?;
-        files.write(&cpu.join("cpu.cfs_quota_us"), &quota)?;
+        if !fresh || limits.cpu_quota.is_some() {
+            // Lower the quota first: a period shorter than the quota in place is refused
+            // otherwise (a fresh cgroup has no quota).
+            if !fresh {
+                files.write(&cpu.join("cpu.cfs_quota_us"), "-1")?;
+            }
+            files.write(&cpu.join("cpu.cfs_period_us"), &period.to_string())?;
+            files.write(&cpu.join("cpu.cfs_quota_us"), &quota)?;
+        }
 
-        self.apply_memory(id, limits.memory_bytes)?;
+        if !fresh || limits.memory_bytes.is_some() {
+            self.apply_memory(id, limits.memory_bytes)?;
+        }
 
-        let pids = self.dir(&self.hierarchies.pids, id);
-        let max = limits
-            .pids
-            .map_or_else(|| "max".to_owned(), |n| n.to_string());
-        files.write(&pids.join("pids.max"), &max)
+        if !fresh || limits.pids.is_some() {
+            let pids = self.dir(&self.hierarchies.pids, id);
+            let max = limits
+                .pids
+                .map_or_else(|| "max".to_owned(), |n| n.to_string());
+            files.write(&pids.join("pids.max"), &max)?;
+        }
+        Ok(())
     }
 
     /// `memory.memsw.limit_in_bytes` must never be below `memory.limit_in_bytes`: memory moves
@@ -173,7 +185,11 @@ impl V1Manager {
     }
 
     fn is_empty(&self, id: &str) -> Result<bool, CgroupError> {
-        for dir in self.existing_dirs(id) {
+        self.all_empty(&self.existing_dirs(id))
+    }
+
+    fn all_empty(&self, dirs: &[PathBuf]) -> Result<bool, CgroupError> {
+        for dir in dirs {
             if !self
                 .files()
                 .read_pids(&dir.join("cgroup.procs"))?
@@ -243,13 +259,15 @@ impl CgroupManager for V1Manager {
         validate_id(id)?;
         check_limits(limits)?;
         let mut created = Vec::new();
-        for mount in self.v1_mounts() {
+        let mounts = self.v1_mounts();
+        for mount in &mounts {
             self.ensure_parent(mount)?;
             let dir = self.dir(mount, id);
             if self.files().create_dir(&dir)? {
                 created.push(dir);
             }
         }
+        let fresh = created.len() == mounts.len();
         if let Some(unified) = &self.unified {
             let dir = self.dir(unified, id);
             match self
@@ -261,7 +279,7 @@ impl CgroupManager for V1Manager {
                 Err(error) => tracing::warn!(cgroup = id, %error, "cgroup2 hierarchy not usable"),
             }
         }
-        if let Err(error) = self.apply(id, limits) {
+        if let Err(error) = self.apply(id, limits, fresh) {
             for dir in created.iter().rev() {
                 let _ = self.io.remove_dir(dir);
             }
@@ -369,7 +387,12 @@ impl CgroupManager for V1Manager {
         if dirs.is_empty() {
             return Ok(());
         }
-        self.kill_all(id)?;
+        kill_until_empty(
+            id,
+            self.timeout,
+            || self.all_empty(&dirs),
+            |round| self.kill_round(id, round),
+        )?;
         for dir in dirs {
             remove_cgroup_dir(self.io.as_ref(), &dir, self.timeout)?;
         }
@@ -512,6 +535,32 @@ mod tests {
             t.read(&at("memory", "memory.memsw.limit_in_bytes")),
             "67108864"
         );
+        Ok(())
+    }
+
+    #[test]
+    fn a_fresh_cgroup_gets_only_the_limits_that_are_set() -> Result<(), CgroupError> {
+        let (t, m) = hybrid(true);
+        m.create("a", &CgroupLimits::default())?;
+        assert_eq!(
+            t.writes(),
+            Vec::<(String, String)>::new(),
+            "defaults need no write"
+        );
+        let pids_only = CgroupLimits {
+            pids: Some(10),
+            ..Default::default()
+        };
+        m.create("b", &pids_only)?;
+        let written: Vec<String> = t.writes().into_iter().map(|(p, _)| p).collect();
+        assert_eq!(written.len(), 1, "{written:?}");
+        assert!(
+            written[0].ends_with("pids/prism-test/b/pids.max"),
+            "{written:?}"
+        );
+        // An existing cgroup converges: every limit is written again.
+        m.create("b", &CgroupLimits::default())?;
+        assert_eq!(t.read(&at("pids", "pids.max").replace("/a/", "/b/")), "max");
         Ok(())
     }
 

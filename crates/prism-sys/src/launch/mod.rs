@@ -93,6 +93,9 @@ pub struct LaunchConfig {
     pub ids: IdMap,
     /// Host directories to clone as read-only mounts idmapped into the sandbox's user namespace.
     pub trees: Vec<PathBuf>,
+    /// The index in `trees` of the one tree whose device nodes stay usable (a prepared `/dev`
+    /// holding only safe devices); every other tree is `nodev`.
+    pub device_tree: Option<usize>,
     pub steps: Vec<Step>,
     /// Host path of the binary to exec (opened before the clone, so it need not exist inside).
     pub exe: PathBuf,
@@ -149,6 +152,7 @@ pub fn launch(
     if cfg.trees.len() > child::MAX_TREES {
         return Err(LaunchError::TooManyTrees(cfg.trees.len()));
     }
+    let t0 = std::time::Instant::now();
     let prepared = Prepared::new(cfg)?;
     let (parent_sock, child_sock) = seqpacket_pair().map_err(parent_err("socketpair"))?;
     let flags = (libc::CLONE_NEWUSER
@@ -178,8 +182,20 @@ pub fn launch(
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
     let pid = pid as u32;
     let launched = Launched { pid, pidfd };
+    let cloned = t0.elapsed();
     match parent_side(cfg, pid, &parent_sock, on_spawn) {
-        Ok(()) => Ok(launched),
+        Ok(t) => {
+            tracing::debug!(
+                message = "launch timing",
+                pid,
+                clone_us = cloned.as_micros() as u64,
+                maps_us = t[0].as_micros() as u64,
+                cgroup_us = t[1].as_micros() as u64,
+                trees_us = t[2].as_micros() as u64,
+                child_us = t[3].as_micros() as u64,
+            );
+            Ok(launched)
+        }
         Err(err) => {
             let _ = crate::proc::pidfd_kill(&launched.pidfd, libc::SIGKILL);
             let _ = crate::proc::pidfd_wait(&launched.pidfd);
@@ -193,26 +209,36 @@ fn parent_side(
     pid: u32,
     sock: &OwnedFd,
     on_spawn: &mut dyn FnMut(u32) -> io::Result<()>,
-) -> Result<(), LaunchError> {
+) -> Result<[std::time::Duration; 4], LaunchError> {
+    let mut t = std::time::Instant::now();
+    let mut lap = || {
+        let now = std::time::Instant::now();
+        let d = now - t;
+        t = now;
+        d
+    };
     cfg.ids
         .write_maps(pid)
         .map_err(parent_err("writing id maps"))?;
+    let maps = lap();
     on_spawn(pid).map_err(parent_err("placing the sandbox"))?;
+    let cgroup = lap();
     let userns = crate::ids::open_userns(pid).map_err(parent_err("opening the user namespace"))?;
     let mut trees = Vec::with_capacity(cfg.trees.len());
-    for path in &cfg.trees {
+    for (i, path) in cfg.trees.iter().enumerate() {
         trees.push(
-            crate::mount::idmapped_tree(path, &userns)
+            crate::mount::idmapped_tree(path, &userns, cfg.device_tree == Some(i))
                 .map_err(parent_err("making an idmapped mount"))?,
         );
     }
     crate::fdpass::send_fds(sock, &trees).map_err(parent_err("handing mounts to the sandbox"))?;
     drop(trees);
+    let made = lap();
     let mut report = [0u8; 8];
     // SAFETY: reading into a local buffer of the stated length.
     let n = unsafe { libc::read(sock.as_raw_fd(), report.as_mut_ptr().cast(), report.len()) };
     match n {
-        0 => Ok(()),
+        0 => Ok([maps, cgroup, made, lap()]),
         8 => {
             let step = u32::from_ne_bytes([report[0], report[1], report[2], report[3]]) as usize;
             let errno = i32::from_ne_bytes([report[4], report[5], report[6], report[7]]);
