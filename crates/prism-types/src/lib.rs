@@ -298,6 +298,10 @@ pub struct NetworkCounters {
     pub tx_packets: u64,
     /// DNS queries the Prism resolver dropped (over the per-sandbox rate).
     pub dns_dropped: u64,
+    /// Connections and HTTP requests the name proxy of an `allow` sandbox refused (a TLS
+    /// server name or HTTP host not allowed towards that address).
+    #[serde(default)]
+    pub proxy_refused: u64,
 }
 
 /// `PATCH /v1/sandboxes/{id}/network` body: the new mode (`none`, `open`, `allow=…`).

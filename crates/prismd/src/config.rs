@@ -109,6 +109,8 @@ pub struct FileConfig {
     pub dns_upstream: Option<String>,
     /// DNS queries per second per sandbox (default 100, bursts of twice that).
     pub dns_rate: Option<u32>,
+    /// Port of the name proxy on each `allow` sandbox's host end (default 3129).
+    pub proxy_port: Option<u16>,
 }
 
 /// Host networking settings.
@@ -119,6 +121,7 @@ pub struct NetSettings {
     pub table: String,
     pub dns_upstream: Option<std::net::SocketAddr>,
     pub dns_rate: u32,
+    pub proxy_port: u16,
 }
 
 /// The effective configuration.
@@ -214,7 +217,12 @@ fn net_settings(flags: &Flags, file: &FileConfig) -> Result<NetSettings, ConfigE
     if dns_rate == 0 {
         return Err(ConfigError::Zero("dns_rate"));
     }
+    let proxy_port = file.proxy_port.unwrap_or(prism_net::PROXY_PORT);
+    if proxy_port == 0 {
+        return Err(ConfigError::Zero("proxy_port"));
+    }
     Ok(NetSettings {
+        proxy_port,
         enabled: file.networking.unwrap_or(true),
         pool,
         table: file.nft_table.clone().unwrap_or_else(|| "prism".into()),

@@ -276,6 +276,7 @@ async fn set_up_networking(manager: &SandboxManager, n: &crate::config::NetSetti
         pool,
         upstream_dns: n.dns_upstream,
         dns_rate: n.dns_rate,
+        proxy_port: n.proxy_port,
     };
     match prism_net::Network::new(cfg).await {
         Ok(net) => {

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
 use tokio::sync::Semaphore;
 
+use crate::proxy::Resolved;
 use crate::{NetError, nft};
 
 /// Shortest life of an address a DNS answer allowed (seconds).
@@ -141,6 +142,8 @@ struct Ctx {
     policy: Arc<RwLock<DnsPolicy>>,
     stats: Arc<DnsStats>,
     in_flight: Arc<Semaphore>,
+    /// Where allowed answers are recorded for the name proxy.
+    resolved: Arc<Resolved>,
 }
 
 impl Forwarders {
@@ -154,13 +157,16 @@ impl Forwarders {
         }
     }
 
-    /// Serve sandbox `id` on `listen` with `policy` (replacing the policy if it is served).
+    /// Serve sandbox `id` on `listen` with `policy` (replacing the policy if it is served),
+    /// recording the answers it allows into `resolved` (kept when it is served already: the
+    /// caller keeps one per sandbox).
     pub async fn ensure(
         &self,
         id: &str,
         listen: SocketAddr,
         sandbox: Ipv4Addr,
         policy: DnsPolicy,
+        resolved: Arc<Resolved>,
     ) -> Result<(), NetError> {
         if let Some(f) = lock(&self.map).get(id)
             && f.listen == listen
@@ -189,6 +195,7 @@ impl Forwarders {
             policy: policy.clone(),
             stats: stats.clone(),
             in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+            resolved,
         });
         let task = tokio::spawn(serve(ctx, Bucket::new(self.rate))).abort_handle();
         lock(&self.map).insert(
@@ -310,6 +317,9 @@ async fn forward(
             &ctx.table, &ctx.id, &addrs, *port, timeout,
         ));
     }
+    // The proxy may see a connection as soon as the set has the address: record first.
+    ctx.resolved
+        .record(&q.name, &addrs, Duration::from_secs(u64::from(timeout)));
     match tokio::task::spawn_blocking(move || nft::apply(&script)).await {
         Ok(Ok(())) => Some(answer),
         Ok(Err(error)) => {

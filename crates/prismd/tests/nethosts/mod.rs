@@ -93,6 +93,27 @@ impl TestHosts {
         }
     }
 
+    /// Run python3 `script` with `args` in `ns` (killed on drop); returns once each of `ready`
+    /// accepts connections (from the host).
+    pub fn spawn_script(&mut self, ns: &str, script: &str, args: &[String], ready: &[SocketAddr]) {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", ns, "python3", "-c", script]);
+        cmd.args(args);
+        self.servers.push(
+            cmd.stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for a in ready {
+            while TcpStream::connect_timeout(a, Duration::from_millis(200)).is_err() {
+                assert!(Instant::now() < deadline, "test server {a} did not start");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
     /// Remember a link to delete on drop.
     pub fn own_link(&mut self, name: &str) {
         self.links.push(name.to_string());
