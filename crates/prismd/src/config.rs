@@ -111,6 +111,9 @@ pub struct FileConfig {
     pub dns_rate: Option<u32>,
     /// Port of the name proxy on each `allow` sandbox's host end (default 3129).
     pub proxy_port: Option<u16>,
+    /// Host address published ports listen on when a publish does not name one (default
+    /// 127.0.0.1).
+    pub publish_address: Option<String>,
 }
 
 /// Host networking settings.
@@ -122,6 +125,7 @@ pub struct NetSettings {
     pub dns_upstream: Option<std::net::SocketAddr>,
     pub dns_rate: u32,
     pub proxy_port: u16,
+    pub publish_address: std::net::IpAddr,
 }
 
 /// The effective configuration.
@@ -221,8 +225,15 @@ fn net_settings(flags: &Flags, file: &FileConfig) -> Result<NetSettings, ConfigE
     if proxy_port == 0 {
         return Err(ConfigError::Zero("proxy_port"));
     }
+    let publish_address = match &file.publish_address {
+        None => std::net::IpAddr::from([127, 0, 0, 1]),
+        Some(a) => a.parse().map_err(|_| {
+            ConfigError::Network(format!("publish_address {a:?} is not an IP address"))
+        })?,
+    };
     Ok(NetSettings {
         proxy_port,
+        publish_address,
         enabled: file.networking.unwrap_or(true),
         pool,
         table: file.nft_table.clone().unwrap_or_else(|| "prism".into()),
