@@ -243,7 +243,7 @@ pub fn sandbox_script(table: &str, r: &SandboxRules, pool: &Pool) -> String {
     }
     if r.dns {
         line(format!(
-            "add rule {t} {cin} ip daddr {} udp dport 53 accept",
+            "add rule {t} {cin} ip daddr {} meta l4proto {{ tcp, udp }} th dport 53 accept",
             r.host
         ));
     }
@@ -426,7 +426,7 @@ mod tests {
         let accept = s.find("add rule inet prism sb-abc accept").unwrap_or(0);
         assert!(drop < accept, "{s}");
         assert!(s.contains("10.0.0.0/8") && s.contains("100.96.0.0/16"));
-        assert!(s.contains("ip daddr 100.96.0.1 udp dport 53 accept"));
+        assert!(s.contains("ip daddr 100.96.0.1 meta l4proto { tcp, udp } th dport 53 accept"));
         assert!(s.contains("\"prsb00000000001\" : jump sb-abc"));
     }
 

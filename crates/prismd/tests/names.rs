@@ -12,7 +12,7 @@ mod support;
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 
-use nethosts::{PROBE, TestHosts};
+use nethosts::{PROBE, TCP_DNS, TestHosts};
 use prism_types::{CreateSandboxRequest, ExecRequest};
 use support::Daemon;
 
@@ -238,7 +238,6 @@ async fn names_are_enforced_by_sni_and_host_towards_what_they_resolved_to() {
         PROBE,
         &[
             "dns:allowed.test",
-            "dns:second.test",
             "dns:port.test",
             "dns:cidr.test",
             "dns:other.test",
@@ -247,10 +246,17 @@ async fn names_are_enforced_by_sni_and_host_towards_what_they_resolved_to() {
     .await;
     let resolved: BTreeMap<_, _> = resolved.iter().filter_map(|l| l.split_once(' ')).collect();
     assert_eq!(resolved["dns:allowed.test"], "203.0.113.2", "{resolved:?}");
-    assert_eq!(resolved["dns:second.test"], "203.0.113.3", "{resolved:?}");
     assert!(
         resolved["dns:other.test"].ends_with("error"),
         "{resolved:?}"
+    );
+    // DNS over TCP (one connection, two queries): same policy, and its answers open the
+    // address for the proxy just as UDP ones do (second.test is resolved only here).
+    let tcp = run(&c, "names", TCP_DNS, &["second.test", "other.test"]).await;
+    assert_eq!(
+        tcp,
+        ["second.test 0 203.0.113.3", "other.test 5 -"],
+        "{tcp:?}"
     );
     let from = log_since(&log, 0).len().max(ready_lines);
 
@@ -325,6 +331,7 @@ async fn names_are_enforced_by_sni_and_host_towards_what_they_resolved_to() {
     );
     // Refusals are counted: two 403s and three closed ClientHellos.
     let n = c.metrics("names").await.unwrap().network.unwrap();
+    assert_eq!(n.dns_dropped, 0, "{n:?}");
     assert_eq!(n.proxy_refused, 5, "{n:?}");
     let table = std::process::Command::new("nft")
         .args(["list", "table", "inet", &d.nft_table])

@@ -3,8 +3,11 @@
 //! listed names (others get REFUSED) and, before returning an answer, puts the answered IPv4
 //! addresses into the sandbox's nftables sets with a timeout of the record's TTL (at least
 //! [`MIN_TIMEOUT_S`]). An `open` sandbox's queries are forwarded as they are. Queries beyond a
-//! per-sandbox rate are dropped and counted.
+//! per-sandbox rate are dropped and counted. The same forwarder answers DNS over TCP on the
+//! same address (length-prefixed messages, RFC 1035 §4.2.2; asked upstream over TCP), with
+//! the same policy, rate and sets.
 
+mod tcp;
 pub mod wire;
 
 use std::collections::HashMap;
@@ -144,6 +147,14 @@ struct Ctx {
     in_flight: Arc<Semaphore>,
     /// Where allowed answers are recorded for the name proxy.
     resolved: Arc<Resolved>,
+    /// The sandbox's query rate, shared by UDP and TCP.
+    bucket: Mutex<Bucket>,
+}
+
+impl Ctx {
+    fn take_token(&self) -> bool {
+        lock(&self.bucket).take()
+    }
 }
 
 impl Forwarders {
@@ -184,6 +195,12 @@ impl Forwarders {
                 addr: listen,
                 source,
             })?;
+        let tcp = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|source| NetError::DnsBind {
+                addr: listen,
+                source,
+            })?;
         let policy = Arc::new(RwLock::new(policy));
         let stats = Arc::new(DnsStats::default());
         let ctx = Arc::new(Ctx {
@@ -196,8 +213,12 @@ impl Forwarders {
             stats: stats.clone(),
             in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
             resolved,
+            bucket: Mutex::new(Bucket::new(self.rate)),
         });
-        let task = tokio::spawn(serve(ctx, Bucket::new(self.rate))).abort_handle();
+        let task = tokio::spawn(async move {
+            tokio::join!(serve(ctx.clone()), tcp::serve(ctx, tcp));
+        })
+        .abort_handle();
         lock(&self.map).insert(
             id.to_string(),
             Forwarder {
@@ -232,7 +253,7 @@ impl Forwarders {
     }
 }
 
-async fn serve(ctx: Arc<Ctx>, mut bucket: Bucket) {
+async fn serve(ctx: Arc<Ctx>) {
     let mut buf = vec![0u8; 4096];
     loop {
         let (n, src) = match ctx.sock.recv_from(&mut buf).await {
@@ -250,7 +271,7 @@ async fn serve(ctx: Arc<Ctx>, mut bucket: Bucket) {
         let query = &buf[..n];
         let parsed = wire::parse_query(query);
         let permit = ctx.in_flight.clone().try_acquire_owned();
-        let (Some(q), true, Ok(permit)) = (parsed, bucket.take(), permit) else {
+        let (Some(q), true, Ok(permit)) = (parsed, ctx.take_token(), permit) else {
             ctx.stats.dropped.fetch_add(1, Ordering::Relaxed);
             continue;
         };
@@ -301,6 +322,17 @@ async fn forward(
             break buf[..n].to_vec();
         }
     };
+    admit(ctx, q, ports, answer).await
+}
+
+/// For an `allow` sandbox, open the answered addresses (sets, the proxy's memory) before the
+/// answer is returned; `None` when that failed (the answer must not be given).
+async fn admit(
+    ctx: &Ctx,
+    q: &wire::Question,
+    ports: &[Option<u16>],
+    answer: Vec<u8>,
+) -> Option<Vec<u8>> {
     if ports.is_empty() {
         return Some(answer);
     }
