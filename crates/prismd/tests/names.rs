@@ -375,6 +375,37 @@ async fn names_are_enforced_by_sni_and_host_towards_what_they_resolved_to() {
         "{got:?}"
     );
 
+    // E2B's PUT /sandboxes/{id}/network: allowOut + deny everything = allow mode, proxy included.
+    let r = reqwest::Client::new()
+        .put(format!("{}/sandboxes/{}/network", d.url(), sb.id))
+        .json(&serde_json::json!({"allowOut": ["allowed.test"], "denyOut": ["0.0.0.0/0"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(c.get("names").await.unwrap().network, "allow=allowed.test");
+    run(&c, "names", PROBE, &["dns:allowed.test"]).await;
+    let got = results(
+        &run(
+            &c,
+            "names",
+            CLIENT,
+            &[
+                "http,203.0.113.2,80,allowed.test",
+                "http,203.0.113.2,80,other.test",
+            ],
+        )
+        .await,
+    );
+    assert_eq!(
+        got["http,203.0.113.2,80,allowed.test"], "200 hello allowed.test",
+        "{got:?}"
+    );
+    assert!(
+        got["http,203.0.113.2,80,other.test"].starts_with("403 "),
+        "{got:?}"
+    );
+
     c.destroy("names").await.unwrap();
     let table = std::process::Command::new("nft")
         .args(["list", "table", "inet", &d.nft_table])
