@@ -196,12 +196,14 @@ async fn names_are_enforced_by_sni_and_host_towards_what_they_resolved_to() {
         ("port.test", ip2),
         ("second.test", Ipv4Addr::new(203, 0, 113, 3)),
         ("cidr.test", Ipv4Addr::new(203, 0, 113, 4)),
+        // A listed name that resolves to an address of the host itself.
+        ("host.test", Ipv4Addr::new(203, 0, 113, 1)),
     ])
     .await;
     let dir = tempfile::tempdir().unwrap();
     let d = Daemon::start_with(dir.path(), &format!("dns_upstream = \"{dns}\"")).await;
     let c = d.client.clone();
-    let mode = "allow=allowed.test,second.test,port.test:80,cidr.test,203.0.113.4/32";
+    let mode = "allow=allowed.test,second.test,port.test:80,cidr.test,host.test,203.0.113.4/32";
     let sb = c
         .create(&CreateSandboxRequest {
             name: Some("names".into()),
@@ -237,6 +239,7 @@ async fn names_are_enforced_by_sni_and_host_towards_what_they_resolved_to() {
         "names",
         PROBE,
         &[
+            "dns:host.test",
             "dns:allowed.test",
             "dns:port.test",
             "dns:cidr.test",
@@ -339,6 +342,44 @@ async fn names_are_enforced_by_sni_and_host_towards_what_they_resolved_to() {
         .unwrap();
     let table = String::from_utf8_lossy(&table.stdout).to_string();
     assert!(table.contains(&format!("chain sbnat-{}", sb.id)), "{table}");
+
+    // Neither the host's own address (even though a listed name resolved to it) nor the
+    // proxy's port on the host end without a redirect is reachable; the proxy never sees them.
+    let host_srv = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    host_srv.set_nonblocking(true).unwrap();
+    let hp = host_srv.local_addr().unwrap().port();
+    let resolv = c
+        .exec(
+            "names",
+            &ExecRequest {
+                command: Some("cat /etc/resolv.conf".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+        .stdout;
+    let ns = resolv
+        .lines()
+        .find_map(|l| l.strip_prefix("nameserver "))
+        .unwrap()
+        .trim()
+        .to_string();
+    let to_host = format!("http,203.0.113.1,{hp},host.test");
+    let to_proxy = format!("http,{ns},{},allowed.test", prism_net::PROXY_PORT);
+    let got = results(&run(&c, "names", CLIENT, &[&to_host, &to_proxy]).await);
+    for step in [&to_host, &to_proxy] {
+        assert!(
+            !got[step].starts_with("200") && !got[step].starts_with("403"),
+            "{got:?}"
+        );
+    }
+    assert!(
+        host_srv.accept().is_err(),
+        "the host's listener was reached"
+    );
+    let n = c.metrics("names").await.unwrap().network.unwrap();
+    assert_eq!(n.proxy_refused, 5, "{n:?}");
 
     // A runtime change applies to the proxy's rules: now other.test, not allowed.test.
     c.set_network("names", "allow=other.test").await.unwrap();
