@@ -305,6 +305,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
                     if n.dns_dropped > 0 {
                         println!("DNS DROPPED {}", n.dns_dropped);
                     }
+                    if n.proxy_refused > 0 {
+                        println!("NAME PROXY REFUSED {}", n.proxy_refused);
+                    }
                 }
             }
             Ok(0)
