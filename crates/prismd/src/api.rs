@@ -177,9 +177,21 @@ pub async fn stop(State(st): State<AppState>, Path(id): Path<String>) -> ApiResu
 #[utoipa::path(post, path = "/v1/sandboxes/{id}/start", tag = "sandboxes",
     params(("id" = String, Path, description = "Sandbox id or name")),
     responses((status = 200, description = "Running (idempotent)", body = Sandbox),
-              (status = 409, description = "Not startable in its state", body = ApiError)))]
+              (status = 409, description = "Not startable in its state, or a host port it publishes is taken (`port_in_use`)", body = ApiError)))]
 pub async fn start(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Sandbox>> {
-    let sb = st.manager.start(&id).await?;
+    // A stopped sandbox's host ports are bound first: a taken one is a 409 and it stays stopped.
+    let before = st.manager.get(&id).await?;
+    let held = if before.state != prism_types::SandboxState::Running && !before.publish.is_empty() {
+        let mut publish = before.publish;
+        Some(st.publish.reserve(&mut publish)?)
+    } else {
+        None
+    };
+    let made = st.manager.start(&id).await;
+    if let Some(held) = held {
+        st.publish.adopt(&st.manager, made.as_ref().ok(), held);
+    }
+    let sb = made?;
     st.publish.kick();
     Ok(Json(sb))
 }

@@ -134,6 +134,21 @@ async fn published_host_ports_forward_to_the_sandbox_and_follow_its_life() {
     // Stop closes the host port; start opens it again.
     d.client.stop("pubsb").await.unwrap();
     closed(host_port, "the host port closes on stop").await;
+    // Taken meanwhile: start is a 409 and the sandbox stays stopped.
+    let squatter = std::net::TcpListener::bind(("127.0.0.1", host_port)).unwrap();
+    let r = http
+        .post(format!("{}/v1/sandboxes/pubsb/start", d.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
+    let e: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(e["code"], "port_in_use", "{e}");
+    assert_eq!(
+        d.client.get("pubsb").await.unwrap().state,
+        prism_types::SandboxState::Stopped
+    );
+    drop(squatter);
     d.client.start("pubsb").await.unwrap();
     reachable(host_port, "the host port opens again on start").await;
 
