@@ -25,9 +25,11 @@ pub mod addr;
 pub mod dns;
 pub mod link;
 pub mod nft;
+pub mod proxy;
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 
 use prism_types::network::{AllowEntry, Host, NetworkMode};
 use tokio::sync::Mutex;
@@ -54,6 +56,12 @@ pub enum NetError {
     NftSpawn(#[source] std::io::Error),
     #[error("nft refused the ruleset: {0}")]
     Nft(String),
+    #[error("cannot listen for the name proxy on {addr}")]
+    ProxyBind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot listen for DNS on {addr}")]
     DnsBind {
         addr: SocketAddr,
@@ -79,7 +87,12 @@ pub struct NetConfig {
     pub upstream_dns: Option<SocketAddr>,
     /// DNS queries per second each sandbox may send (bursts of twice that).
     pub dns_rate: u32,
+    /// Port of the name proxy on each sandbox's host end (`allow` sandboxes with names).
+    pub proxy_port: u16,
 }
+
+/// Default [`NetConfig::proxy_port`].
+pub const PROXY_PORT: u16 = 3129;
 
 impl Default for NetConfig {
     fn default() -> Self {
@@ -88,6 +101,7 @@ impl Default for NetConfig {
             pool: Pool::DEFAULT,
             upstream_dns: None,
             dns_rate: 100,
+            proxy_port: PROXY_PORT,
         }
     }
 }
@@ -120,6 +134,9 @@ pub struct NetStats {
     pub dns_queries: u64,
     pub dns_refused: u64,
     pub dns_dropped: u64,
+    /// Connections and requests the name proxy let through / refused.
+    pub proxy_passed: u64,
+    pub proxy_refused: u64,
 }
 
 /// Host networking of every sandbox.
@@ -127,6 +144,9 @@ pub struct Network {
     cfg: NetConfig,
     host: rtnetlink::Handle,
     dns: dns::Forwarders,
+    proxies: proxy::Proxies,
+    /// What each sandbox's DNS answered (shared by its forwarder and its proxy).
+    resolved: std::sync::Mutex<HashMap<String, Arc<proxy::Resolved>>>,
     /// Serialises slot allocation and rule changes.
     lock: Mutex<()>,
     /// Ids that may have something here (attached by us, or found by `leftovers`): detaching
@@ -134,7 +154,7 @@ pub struct Network {
     known: std::sync::Mutex<HashSet<String>>,
 }
 
-fn known(m: &std::sync::Mutex<HashSet<String>>) -> std::sync::MutexGuard<'_, HashSet<String>> {
+fn known<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
@@ -199,6 +219,8 @@ impl Network {
         let host = link::host_handle()?;
         Ok(Network {
             dns: dns::Forwarders::new(&cfg.table, upstream, cfg.dns_rate),
+            proxies: proxy::Proxies::new(cfg.proxy_port),
+            resolved: std::sync::Mutex::new(HashMap::new()),
             cfg,
             host,
             lock: Mutex::new(()),
@@ -228,6 +250,10 @@ impl Network {
                 .and_then(|i| self.cfg.pool.slot(i))
         });
         let fresh = existing.is_none();
+        let names = match &dns_policy {
+            dns::DnsPolicy::Allow(rules) if !rules.is_empty() => Some(rules.clone()),
+            _ => None,
+        };
         let slot = match existing {
             Some(s) => s,
             None => {
@@ -246,7 +272,14 @@ impl Network {
             sandbox: slot.sandbox,
             policy,
             dns: true,
+            proxy_port: names.as_ref().map(|_| self.proxies.port()),
         };
+        let resolved = known(&self.resolved)
+            .entry(id.to_string())
+            .or_default()
+            .clone();
+        // The rules flush the DNS sets: forget what they held.
+        resolved.clear();
         // The rules go in before the link exists: no packet of the sandbox is ever unfiltered.
         let script = nft::sandbox_script(&self.cfg.table, &rules, &self.cfg.pool);
         blocking_nft(move || nft::apply(&script)).await?;
@@ -267,8 +300,17 @@ impl Network {
                 SocketAddr::new(IpAddr::V4(slot.host), 53),
                 slot.sandbox,
                 dns_policy,
+                resolved.clone(),
             )
             .await?;
+        match names {
+            Some(rules) => {
+                self.proxies
+                    .ensure(id, slot.host, slot.sandbox, rules, resolved)
+                    .await?
+            }
+            None => self.proxies.stop(id),
+        }
         tracing::info!(message = "sandbox network attached", sandbox_id = %id, %ifname, address = %slot.sandbox);
         Ok(Some(Attachment {
             ifname,
@@ -292,6 +334,8 @@ impl Network {
 
     async fn remove_locked(&self, id: &str) -> Result<(), NetError> {
         self.dns.stop(id);
+        self.proxies.stop(id);
+        known(&self.resolved).remove(id);
         let ifname = host_ifname(id);
         link::delete(&self.host, &ifname).await?;
         let id = id.to_string();
@@ -320,6 +364,7 @@ impl Network {
             .filter_map(|n| nft::owner_of(n))
             .map(str::to_string)
             .chain(self.dns.ids())
+            .chain(self.proxies.ids())
             .collect();
         ids.sort();
         ids.dedup();
@@ -338,11 +383,14 @@ impl Network {
     pub fn stats(&self, id: &str) -> Option<NetStats> {
         let link = link::counters(&host_ifname(id))?;
         let (dns_queries, dns_refused, dns_dropped) = self.dns.stats(id).unwrap_or_default();
+        let (proxy_passed, proxy_refused) = self.proxies.stats(id).unwrap_or_default();
         Some(NetStats {
             link,
             dns_queries,
             dns_refused,
             dns_dropped,
+            proxy_passed,
+            proxy_refused,
         })
     }
 }

@@ -4,12 +4,18 @@
 //! table inet prism
 //!   map ifaces    { type ifname : verdict }   "prsb…" : jump sb-<id>     (forward hook)
 //!   map ifaces_in { type ifname : verdict }   "prsb…" : jump sbin-<id>   (input hook)
+//!   map ifaces_nat { type ifname : verdict }  "prsb…" : jump sbnat-<id>  (nat prerouting)
 //!   chain forward  replies to the pool pass, new flows to it drop, then each sandbox's
 //!                  traffic goes to its chain; anything else from the pool drops
 //!   chain input    each sandbox's traffic to the host goes to its sbin chain; else drop
+//!   chain prerouting (nat) each sandbox's new connections go to its sbnat chain
 //!   chain sb-<id>    anti-spoofing, replies, then the mode (open: no private/host ranges;
-//!                    allow: only the listed ranges, host:port pairs and the DNS sets)
-//!   chain sbin-<id>  anti-spoofing, replies, DNS to its host end, else drop
+//!                    allow: only the listed ranges and host:port pairs)
+//!   chain sbnat-<id> allow: TCP to an address of the DNS sets (not listed as a range or
+//!                    host:port, not the host's, not the pool) is redirected to the name
+//!                    proxy on the host end ([`crate::proxy`]); nothing else
+//!   chain sbin-<id>  anti-spoofing, replies, DNS and the redirected connections to its host
+//!                    end, else drop
 //!   set sb-<id>-d4   { ipv4_addr, timeout }                 addresses of allowed domains
 //!   set sb-<id>-dp4  { ipv4_addr . inet_service, timeout }  addresses of allowed name:port
 //! table ip prism_nat
@@ -62,6 +68,18 @@ pub enum Policy {
     },
 }
 
+/// The listed ranges and host:port pairs of a policy.
+type Listed<'a> = (&'a [(IpAddr, u8)], &'a [(IpAddr, u16)]);
+
+impl Policy {
+    fn listed(&self) -> Listed<'_> {
+        match self {
+            Policy::Open => (&[], &[]),
+            Policy::Allow { cidrs, host_ports } => (cidrs, host_ports),
+        }
+    }
+}
+
 /// Everything the rules of one sandbox need.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SandboxRules {
@@ -72,6 +90,9 @@ pub struct SandboxRules {
     pub policy: Policy,
     /// Accept DNS queries to the host end (the Prism forwarder listens there).
     pub dns: bool,
+    /// `allow` with names: the port of the name proxy on the host end, where TCP to the
+    /// addresses of the DNS sets is redirected.
+    pub proxy_port: Option<u16>,
 }
 
 pub fn chain(id: &str) -> String {
@@ -79,6 +100,9 @@ pub fn chain(id: &str) -> String {
 }
 pub fn chain_in(id: &str) -> String {
     format!("sbin-{id}")
+}
+pub fn chain_nat(id: &str) -> String {
+    format!("sbnat-{id}")
 }
 pub fn set_d4(id: &str) -> String {
     format!("sb-{id}-d4")
@@ -99,16 +123,20 @@ pub fn base_script(table: &str, pool: &Pool) -> String {
         "add table {t}
 add map {t} ifaces {{ type ifname : verdict; }}
 add map {t} ifaces_in {{ type ifname : verdict; }}
+add map {t} ifaces_nat {{ type ifname : verdict; }}
 add chain {t} forward {{ type filter hook forward priority 0; policy accept; }}
 add chain {t} input {{ type filter hook input priority 0; policy accept; }}
+add chain {t} prerouting {{ type nat hook prerouting priority dstnat; policy accept; }}
 flush chain {t} forward
 flush chain {t} input
+flush chain {t} prerouting
 add rule {t} forward ip daddr {p} ct state established,related accept
 add rule {t} forward ip daddr {p} drop
 add rule {t} forward iifname vmap @ifaces
 add rule {t} forward ip saddr {p} drop
 add rule {t} input iifname vmap @ifaces_in
 add rule {t} input ip saddr {p} drop
+add rule {t} prerouting iifname vmap @ifaces_nat
 add table {n}
 add chain {n} postrouting {{ type nat hook postrouting priority 100; policy accept; }}
 flush chain {n} postrouting
@@ -120,13 +148,14 @@ add rule {n} postrouting ip saddr {p} ip daddr != {p} masquerade
 /// Create or replace the chains and sets of one sandbox and hook them to its interface.
 pub fn sandbox_script(table: &str, r: &SandboxRules, pool: &Pool) -> String {
     let (c, cin, d4, dp4) = (chain(&r.id), chain_in(&r.id), set_d4(&r.id), set_dp4(&r.id));
+    let cnat = chain_nat(&r.id);
     let t = format!("inet {table}");
     let mut s = String::new();
     let mut line = |l: String| {
         s.push_str(&l);
         s.push('\n');
     };
-    for name in [&c, &cin] {
+    for name in [&c, &cin, &cnat] {
         line(format!("add chain {t} {name}"));
         line(format!("flush chain {t} {name}"));
     }
@@ -175,16 +204,46 @@ pub fn sandbox_script(table: &str, r: &SandboxRules, pool: &Pool) -> String {
                     "add rule {t} {c} {fam} daddr {addr} meta l4proto {{ tcp, udp }} th dport {port} accept"
                 ));
             }
-            line(format!("add rule {t} {c} ip daddr @{d4} accept"));
-            line(format!(
-                "add rule {t} {c} meta l4proto {{ tcp, udp }} ip daddr . th dport @{dp4} accept"
-            ));
+            // Addresses of the DNS sets are not accepted here: their TCP was redirected to
+            // the name proxy (prerouting), anything else to them (UDP, ICMP) drops.
             line(format!("add rule {t} {c} drop"));
         }
     }
+    if let Some(port) = r.proxy_port {
+        // Listed ranges and host:port pairs go their way unproxied; the host's own addresses
+        // and the pool are never proxied (the filter chains drop them).
+        let (cidrs, host_ports) = r.policy.listed();
+        for (addr, prefix) in cidrs {
+            let fam = family(addr);
+            line(format!(
+                "add rule {t} {cnat} {fam} daddr {addr}/{prefix} return"
+            ));
+        }
+        for (addr, p) in host_ports {
+            let fam = family(addr);
+            line(format!(
+                "add rule {t} {cnat} {fam} daddr {addr} tcp dport {p} return"
+            ));
+        }
+        line(format!("add rule {t} {cnat} fib daddr type local return"));
+        line(format!(
+            "add rule {t} {cnat} ip daddr {} return",
+            pool.cidr()
+        ));
+        line(format!(
+            "add rule {t} {cnat} ip daddr @{d4} meta l4proto tcp redirect to :{port}"
+        ));
+        line(format!(
+            "add rule {t} {cnat} ip daddr . tcp dport @{dp4} redirect to :{port}"
+        ));
+        line(format!(
+            "add rule {t} {cin} ip daddr {} tcp dport {port} ct status dnat accept",
+            r.host
+        ));
+    }
     if r.dns {
         line(format!(
-            "add rule {t} {cin} ip daddr {} udp dport 53 accept",
+            "add rule {t} {cin} ip daddr {} meta l4proto {{ tcp, udp }} th dport 53 accept",
             r.host
         ));
     }
@@ -195,6 +254,10 @@ pub fn sandbox_script(table: &str, r: &SandboxRules, pool: &Pool) -> String {
     ));
     line(format!(
         "add element {t} ifaces_in {{ \"{}\" : jump {cin} }}",
+        r.ifname
+    ));
+    line(format!(
+        "add element {t} ifaces_nat {{ \"{}\" : jump {cnat} }}",
         r.ifname
     ));
     s
@@ -295,6 +358,7 @@ pub fn list_objects(table: &str) -> Result<Vec<String>, NetError> {
 pub fn owner_of(name: &str) -> Option<&str> {
     let rest = name
         .strip_prefix("sbin-")
+        .or_else(|| name.strip_prefix("sbnat-"))
         .or_else(|| name.strip_prefix("sb-"))?;
     Some(
         rest.strip_suffix("-dp4")
@@ -306,7 +370,7 @@ pub fn owner_of(name: &str) -> Option<&str> {
 /// Remove everything of sandbox `id` among the listed `objects`: the map elements first (each
 /// on its own, as they may be missing), then its chains and sets in one transaction.
 pub fn remove(table: &str, id: &str, ifname: &str, objects: &[String]) -> Result<(), NetError> {
-    for map in ["ifaces", "ifaces_in"] {
+    for map in ["ifaces", "ifaces_in", "ifaces_nat"] {
         // Missing elements are fine: the script fails and nothing changes.
         let _ = apply(&format!(
             "delete element inet {table} {map} {{ \"{ifname}\" }}\n"
@@ -318,7 +382,7 @@ pub fn remove(table: &str, id: &str, ifname: &str, objects: &[String]) -> Result
     }
     let mut s = String::new();
     for n in &mine {
-        if n.as_str() == chain(id) || n.as_str() == chain_in(id) {
+        if n.as_str() == chain(id) || n.as_str() == chain_in(id) || n.as_str() == chain_nat(id) {
             let _ = writeln!(
                 s,
                 "flush chain inet {table} {n}\ndelete chain inet {table} {n}"
@@ -345,6 +409,7 @@ mod tests {
             sandbox: Ipv4Addr::new(100, 96, 0, 2),
             policy,
             dns: true,
+            proxy_port: None,
         }
     }
 
@@ -361,7 +426,7 @@ mod tests {
         let accept = s.find("add rule inet prism sb-abc accept").unwrap_or(0);
         assert!(drop < accept, "{s}");
         assert!(s.contains("10.0.0.0/8") && s.contains("100.96.0.0/16"));
-        assert!(s.contains("ip daddr 100.96.0.1 udp dport 53 accept"));
+        assert!(s.contains("ip daddr 100.96.0.1 meta l4proto { tcp, udp } th dport 53 accept"));
         assert!(s.contains("\"prsb00000000001\" : jump sb-abc"));
     }
 
@@ -378,6 +443,7 @@ mod tests {
         assert!(s.contains("sb-abc ip daddr 10.99.0.0/16 accept"));
         assert!(s.contains("ip daddr 198.51.100.2 meta l4proto { tcp, udp } th dport 8080 accept"));
         assert!(!s.contains("169.254.0.0/16"));
+        assert!(!s.contains("redirect"), "no names, no proxy: {s}");
         let last_sb = s
             .lines()
             .rfind(|l| l.starts_with("add rule inet prism sb-abc "))
@@ -386,17 +452,48 @@ mod tests {
     }
 
     #[test]
+    fn names_are_redirected_to_the_proxy_after_the_listed_entries() {
+        let mut r = rules(Policy::Allow {
+            cidrs: vec![("198.51.100.7".parse().unwrap_or(IpAddr::from([0; 4])), 32)],
+            host_ports: vec![("198.51.100.2".parse().unwrap_or(IpAddr::from([0; 4])), 8080)],
+        });
+        r.proxy_port = Some(3129);
+        let s = sandbox_script("prism", &r, &pool());
+        let nat: Vec<&str> = s
+            .lines()
+            .filter_map(|l| l.strip_prefix("add rule inet prism sbnat-abc "))
+            .collect();
+        assert_eq!(
+            nat,
+            [
+                "ip daddr 198.51.100.7/32 return",
+                "ip daddr 198.51.100.2 tcp dport 8080 return",
+                "fib daddr type local return",
+                "ip daddr 100.96.0.0/16 return",
+                "ip daddr @sb-abc-d4 meta l4proto tcp redirect to :3129",
+                "ip daddr . tcp dport @sb-abc-dp4 redirect to :3129",
+            ]
+        );
+        assert!(s.contains("sbin-abc ip daddr 100.96.0.1 tcp dport 3129 ct status dnat accept"));
+        // The forward chain does not accept the DNS sets' addresses itself.
+        assert!(!s.contains("sb-abc ip daddr @sb-abc-d4"), "{s}");
+        assert!(s.contains("\"prsb00000000001\" : jump sbnat-abc"));
+    }
+
+    #[test]
     fn base_rules_only_concern_the_pool() {
         let s = base_script("prism_t1", &pool());
         assert!(s.contains("add rule inet prism_t1 forward ip daddr 100.96.0.0/16 drop"));
         assert!(s.contains("add rule ip prism_t1_nat postrouting ip saddr 100.96.0.0/16 ip daddr != 100.96.0.0/16 masquerade"));
         assert!(!s.contains("prsb"));
+        assert!(s.contains("add rule inet prism_t1 prerouting iifname vmap @ifaces_nat"));
     }
 
     #[test]
     fn owners_are_found_from_object_names() {
         assert_eq!(owner_of("sb-abc"), Some("abc"));
         assert_eq!(owner_of("sbin-abc"), Some("abc"));
+        assert_eq!(owner_of("sbnat-abc"), Some("abc"));
         assert_eq!(owner_of("sb-abc-d4"), Some("abc"));
         assert_eq!(owner_of("sb-abc-dp4"), Some("abc"));
         assert_eq!(owner_of("forward"), None);

@@ -37,6 +37,7 @@ fn scripts_are_accepted_by_nft_and_removal_leaves_only_the_base() {
         ifname: host_ifname(id),
         host: pool.slot(n).unwrap().host,
         sandbox: pool.slot(n).unwrap().sandbox,
+        proxy_port: matches!(policy, Policy::Allow { .. }).then_some(3129),
         policy,
         dns: true,
     };
@@ -76,6 +77,7 @@ fn scripts_are_accepted_by_nft_and_removal_leaves_only_the_base() {
     )
     .unwrap();
     assert!(listed.contains("198.51.100.3 timeout 1m"), "{listed}");
+    assert_eq!(listed.matches("redirect to :3129").count(), 2, "{listed}");
     assert_eq!(
         listed.matches("ip daddr 10.99.0.0/16 accept").count(),
         1,
@@ -88,6 +90,9 @@ fn scripts_are_accepted_by_nft_and_removal_leaves_only_the_base() {
         "sb-bbb",
         "sb-bbb-d4",
         "sb-bbb-dp4",
+        "sbnat-bbb",
+        "prerouting",
+        "ifaces_nat",
         "forward",
         "ifaces",
     ] {

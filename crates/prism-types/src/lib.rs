@@ -151,9 +151,27 @@ pub struct CreateSandboxRequest {
     /// the ones listed by `prismctl port`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<u16>,
+    /// Sandbox ports published on host ports (`prismctl run -p 18000:8000`): the daemon
+    /// listens on `host_ip:host_port` while the sandbox runs and forwards each TCP connection
+    /// to `port` inside it (through its agent, so it works in every network mode).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub publish: Vec<PublishedPort>,
     /// Relaxations of the default security profile (absent = the default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub security: Option<SecurityOptions>,
+}
+
+/// One published port: `host_ip:host_port` on the host → `port` in the sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PublishedPort {
+    /// Host port (1..=65535).
+    pub host_port: u16,
+    /// Port inside the sandbox (1..=65535).
+    pub port: u16,
+    /// Host address to listen on (default: the daemon's `publish_address`, 127.0.0.1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_ip: Option<String>,
 }
 
 /// Per-sandbox relaxations of the default security profile (see docs/threat-model.md).
@@ -191,6 +209,9 @@ pub struct Sandbox {
     /// Exposed ports (see [`CreateSandboxRequest::ports`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<u16>,
+    /// Published host ports (see [`CreateSandboxRequest::publish`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub publish: Vec<PublishedPort>,
     /// TTL in seconds (0 = none).
     pub timeout_s: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -302,6 +323,10 @@ pub struct NetworkCounters {
     pub tx_packets: u64,
     /// DNS queries the Prism resolver dropped (over the per-sandbox rate).
     pub dns_dropped: u64,
+    /// Connections and HTTP requests the name proxy of an `allow` sandbox refused (a TLS
+    /// server name or HTTP host not allowed towards that address).
+    #[serde(default)]
+    pub proxy_refused: u64,
 }
 
 /// `PATCH /v1/sandboxes/{id}/network` body: the new mode (`none`, `open`, `allow=…`).
@@ -398,6 +423,8 @@ pub mod codes {
     pub const UNSUPPORTED_MEDIA_TYPE: &str = "unsupported_media_type";
     pub const PAYLOAD_TOO_LARGE: &str = "payload_too_large";
     pub const NAME_CONFLICT: &str = "name_conflict";
+    /// A host port to publish on is taken.
+    pub const PORT_IN_USE: &str = "port_in_use";
     pub const INVALID_STATE: &str = "invalid_state";
     pub const TEMPLATE_NOT_FOUND: &str = "template_not_found";
     pub const AGENT_UNAVAILABLE: &str = "agent_unavailable";

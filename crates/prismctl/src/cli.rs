@@ -173,10 +173,11 @@ pub struct RunArgs {
     /// none | open | allow=CIDR|DOMAIN,...
     #[arg(long)]
     pub network: Option<String>,
-    /// Expose a TCP port of the sandbox through the daemon's proxy (repeatable); prints its URL.
-    #[arg(short = 'p', long = "publish", value_name = "PORT",
-          value_parser = clap::value_parser!(u16).range(1..))]
-    pub ports: Vec<u16>,
+    /// Expose a TCP port of the sandbox (repeatable): `PORT` through the daemon's proxy
+    /// (prints its URL), `HOST_PORT:PORT` or `IP:HOST_PORT:PORT` also on a host port.
+    #[arg(short = 'p', long = "publish", value_name = "[[IP:]HOST_PORT:]PORT",
+          value_parser = parse_port_spec)]
+    pub ports: Vec<PortSpec>,
     /// The command.
     #[arg(last = true)]
     pub cmd: Vec<String>,
@@ -258,4 +259,71 @@ pub enum ImageCmd {
         #[arg(long = "as", value_name = "REFERENCE")]
         reference: Option<String>,
     },
+}
+
+/// One `-p` of `run`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PortSpec {
+    /// Through the daemon's proxy only.
+    Proxy(u16),
+    /// On a host port too.
+    Host(prism_types::PublishedPort),
+}
+
+fn port_number(s: &str) -> Result<u16, String> {
+    match s.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(p),
+        _ => Err(format!("{s:?} is not a port (1 to 65535)")),
+    }
+}
+
+/// `PORT`, `HOST_PORT:PORT`, `IP:HOST_PORT:PORT` (`[IPV6]:HOST_PORT:PORT`).
+pub fn parse_port_spec(s: &str) -> Result<PortSpec, String> {
+    let Some((rest, port)) = s.rsplit_once(':') else {
+        return port_number(s).map(PortSpec::Proxy);
+    };
+    let port = port_number(port)?;
+    let (host_ip, host_port) = match rest.rsplit_once(':') {
+        Some((ip, hp)) => {
+            let ip = ip.trim_start_matches('[').trim_end_matches(']');
+            ip.parse::<std::net::IpAddr>()
+                .map_err(|_| format!("{ip:?} is not an IP address"))?;
+            (Some(ip.to_string()), hp)
+        }
+        None => (None, rest),
+    };
+    Ok(PortSpec::Host(prism_types::PublishedPort {
+        host_port: port_number(host_port)?,
+        port,
+        host_ip,
+    }))
+}
+
+#[cfg(test)]
+mod port_spec_tests {
+    use super::*;
+
+    #[test]
+    fn port_specs_parse_like_docker() {
+        assert_eq!(parse_port_spec("8000"), Ok(PortSpec::Proxy(8000)));
+        let host = |hp, p, ip: Option<&str>| {
+            Ok(PortSpec::Host(prism_types::PublishedPort {
+                host_port: hp,
+                port: p,
+                host_ip: ip.map(String::from),
+            }))
+        };
+        assert_eq!(parse_port_spec("18000:8000"), host(18000, 8000, None));
+        assert_eq!(
+            parse_port_spec("0.0.0.0:18000:8000"),
+            host(18000, 8000, Some("0.0.0.0"))
+        );
+        assert_eq!(
+            parse_port_spec("[::1]:18000:8000"),
+            host(18000, 8000, Some("::1"))
+        );
+        assert!(parse_port_spec("0").is_err());
+        assert!(parse_port_spec("18000:70000").is_err());
+        assert!(parse_port_spec("x:1:2").is_err());
+    }
 }

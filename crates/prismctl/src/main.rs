@@ -54,18 +54,36 @@ pub(crate) fn spinner(json: bool, msg: &str) -> indicatif::ProgressBar {
 
 fn print_table(list: &[Sandbox]) {
     println!(
-        "{:<32}  {:<20}  {:<9}  {:<8}  {:<24}  EXPIRES",
-        "ID", "NAME", "STATE", "TEMPLATE", "CREATED"
+        "{:<32}  {:<20}  {:<9}  {:<8}  {:<24}  {:<20}  PORTS",
+        "ID", "NAME", "STATE", "TEMPLATE", "CREATED", "EXPIRES"
     );
     for s in list {
+        let ports: Vec<String> = s
+            .publish
+            .iter()
+            .map(|p| {
+                let ip = p.host_ip.as_deref().unwrap_or("127.0.0.1");
+                if ip.contains(':') {
+                    format!("[{ip}]:{}->{}", p.host_port, p.port)
+                } else {
+                    format!("{ip}:{}->{}", p.host_port, p.port)
+                }
+            })
+            .chain(s.ports.iter().map(|p| p.to_string()))
+            .collect();
         println!(
-            "{:<32}  {:<20}  {:<9}  {:<8}  {:<24}  {}",
+            "{:<32}  {:<20}  {:<9}  {:<8}  {:<24}  {:<20}  {}",
             s.id,
             s.name.as_deref().unwrap_or("-"),
             s.state,
             s.template,
             s.created_at,
-            s.expires_at.as_deref().unwrap_or("never")
+            s.expires_at.as_deref().unwrap_or("never"),
+            if ports.is_empty() {
+                "-".to_string()
+            } else {
+                ports.join(",")
+            }
         );
     }
 }
@@ -89,7 +107,22 @@ fn create_request(a: &RunArgs, cmd: Option<Vec<String>>) -> anyhow::Result<Creat
         timeout_s: a.timeout,
         idle_timeout_s: a.idle_timeout,
         network: a.network.clone(),
-        ports: a.ports.clone(),
+        ports: a
+            .ports
+            .iter()
+            .filter_map(|p| match p {
+                cli::PortSpec::Proxy(p) => Some(*p),
+                cli::PortSpec::Host(_) => None,
+            })
+            .collect(),
+        publish: a
+            .ports
+            .iter()
+            .filter_map(|p| match p {
+                cli::PortSpec::Host(h) => Some(h.clone()),
+                cli::PortSpec::Proxy(_) => None,
+            })
+            .collect(),
         security: (a.allow_ptrace || a.sysfs).then_some(SecurityOptions {
             allow_ptrace: a.allow_ptrace,
             sysfs: a.sysfs,
@@ -272,6 +305,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
                     );
                     if n.dns_dropped > 0 {
                         println!("DNS DROPPED {}", n.dns_dropped);
+                    }
+                    if n.proxy_refused > 0 {
+                        println!("NAME PROXY REFUSED {}", n.proxy_refused);
                     }
                 }
             }

@@ -21,6 +21,10 @@ pub fn announce(client: &Client, sb: &Sandbox) {
     for &p in &sb.ports {
         eprintln!("port {p} → {}", url(client, &sb.id, p));
     }
+    for p in &sb.publish {
+        let ip = p.host_ip.as_deref().unwrap_or("127.0.0.1");
+        eprintln!("port {} → {ip}:{} (host port)", p.port, p.host_port);
+    }
 }
 
 /// `port ID [PORT]`: every exposed port's URL, or the URL of `PORT` (any port can be proxied).

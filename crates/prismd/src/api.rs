@@ -71,15 +71,17 @@ pub async fn info(State(st): State<AppState>) -> ApiResult<Json<DaemonInfo>> {
 #[utoipa::path(post, path = "/v1/sandboxes", tag = "sandboxes", request_body = CreateSandboxRequest,
     responses((status = 201, description = "Created and running", body = Sandbox),
               (status = 400, description = "Malformed JSON", body = ApiError),
-              (status = 409, description = "Name taken", body = ApiError),
+              (status = 409, description = "Name taken, or a host port to publish on is taken (`port_in_use`)", body = ApiError),
               (status = 422, description = "Invalid request", body = ApiError)))]
 pub async fn create(
     State(st): State<AppState>,
     caller: Caller,
-    ApiJson(req): ApiJson<CreateSandboxRequest>,
+    ApiJson(mut req): ApiJson<CreateSandboxRequest>,
 ) -> ApiResult<Response> {
-    let sb = crate::auth::routes::create_owned(&st, &caller, req).await?;
-    Ok(crate::auth::routes::created(sb))
+    let held = st.publish.reserve(&mut req.publish)?;
+    let made = crate::auth::routes::create_owned(&st, &caller, req).await;
+    st.publish.adopt(&st.manager, made.as_ref().ok(), held);
+    Ok(crate::auth::routes::created(made?))
 }
 
 /// Query of `GET /v1/sandboxes`.
@@ -157,7 +159,9 @@ pub async fn destroy(
     State(st): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Sandbox>> {
-    Ok(Json(st.manager.destroy(&id).await?))
+    let sb = st.manager.destroy(&id).await?;
+    st.publish.close(&sb.id);
+    Ok(Json(sb))
 }
 
 #[utoipa::path(post, path = "/v1/sandboxes/{id}/stop", tag = "sandboxes",
@@ -165,15 +169,31 @@ pub async fn destroy(
     responses((status = 200, description = "Stopped (idempotent); the writable layer is kept", body = Sandbox),
               (status = 409, description = "Not stoppable in its state", body = ApiError)))]
 pub async fn stop(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Sandbox>> {
-    Ok(Json(st.manager.stop(&id).await?))
+    let sb = st.manager.stop(&id).await?;
+    st.publish.close(&sb.id);
+    Ok(Json(sb))
 }
 
 #[utoipa::path(post, path = "/v1/sandboxes/{id}/start", tag = "sandboxes",
     params(("id" = String, Path, description = "Sandbox id or name")),
     responses((status = 200, description = "Running (idempotent)", body = Sandbox),
-              (status = 409, description = "Not startable in its state", body = ApiError)))]
+              (status = 409, description = "Not startable in its state, or a host port it publishes is taken (`port_in_use`)", body = ApiError)))]
 pub async fn start(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Sandbox>> {
-    Ok(Json(st.manager.start(&id).await?))
+    // A stopped sandbox's host ports are bound first: a taken one is a 409 and it stays stopped.
+    let before = st.manager.get(&id).await?;
+    let held = if before.state != prism_types::SandboxState::Running && !before.publish.is_empty() {
+        let mut publish = before.publish;
+        Some(st.publish.reserve(&mut publish)?)
+    } else {
+        None
+    };
+    let made = st.manager.start(&id).await;
+    if let Some(held) = held {
+        st.publish.adopt(&st.manager, made.as_ref().ok(), held);
+    }
+    let sb = made?;
+    st.publish.kick();
+    Ok(Json(sb))
 }
 
 #[utoipa::path(post, path = "/v1/sandboxes/{id}/restart", tag = "sandboxes",
@@ -184,7 +204,9 @@ pub async fn restart(
     State(st): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Sandbox>> {
-    Ok(Json(st.manager.restart(&id).await?))
+    let sb = st.manager.restart(&id).await?;
+    st.publish.kick();
+    Ok(Json(sb))
 }
 
 #[utoipa::path(post, path = "/v1/sandboxes/{id}/timeout", tag = "sandboxes",

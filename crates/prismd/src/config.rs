@@ -109,6 +109,11 @@ pub struct FileConfig {
     pub dns_upstream: Option<String>,
     /// DNS queries per second per sandbox (default 100, bursts of twice that).
     pub dns_rate: Option<u32>,
+    /// Port of the name proxy on each `allow` sandbox's host end (default 3129).
+    pub proxy_port: Option<u16>,
+    /// Host address published ports listen on when a publish does not name one (default
+    /// 127.0.0.1).
+    pub publish_address: Option<String>,
 }
 
 /// Host networking settings.
@@ -119,6 +124,8 @@ pub struct NetSettings {
     pub table: String,
     pub dns_upstream: Option<std::net::SocketAddr>,
     pub dns_rate: u32,
+    pub proxy_port: u16,
+    pub publish_address: std::net::IpAddr,
 }
 
 /// The effective configuration.
@@ -214,7 +221,19 @@ fn net_settings(flags: &Flags, file: &FileConfig) -> Result<NetSettings, ConfigE
     if dns_rate == 0 {
         return Err(ConfigError::Zero("dns_rate"));
     }
+    let proxy_port = file.proxy_port.unwrap_or(prism_net::PROXY_PORT);
+    if proxy_port == 0 {
+        return Err(ConfigError::Zero("proxy_port"));
+    }
+    let publish_address = match &file.publish_address {
+        None => std::net::IpAddr::from([127, 0, 0, 1]),
+        Some(a) => a.parse().map_err(|_| {
+            ConfigError::Network(format!("publish_address {a:?} is not an IP address"))
+        })?,
+    };
     Ok(NetSettings {
+        proxy_port,
+        publish_address,
         enabled: file.networking.unwrap_or(true),
         pool,
         table: file.nft_table.clone().unwrap_or_else(|| "prism".into()),

@@ -189,6 +189,7 @@ pub async fn run(cfg: Config, runtime: Arc<dyn Runtime>) -> Result<(), DaemonErr
     let listen = listener.local_addr().unwrap_or(cfg.listen);
     let ready = Arc::new(AtomicBool::new(false));
     let stop = CancellationToken::new();
+    let publish = Arc::new(crate::publish::Publisher::new(cfg.network.publish_address));
 
     // Recovery, then the janitor.
     let bg = {
@@ -196,6 +197,7 @@ pub async fn run(cfg: Config, runtime: Arc<dyn Runtime>) -> Result<(), DaemonErr
         let ready = ready.clone();
         let stop = stop.clone();
         let every = Duration::from_secs(cfg.janitor_interval_s);
+        let publish = publish.clone();
         tokio::spawn(async move {
             match manager.recover().await {
                 Ok((adopted, failed)) => {
@@ -204,6 +206,8 @@ pub async fn run(cfg: Config, runtime: Arc<dyn Runtime>) -> Result<(), DaemonErr
                 Err(error) => tracing::error!(message = "recovery failed", %error),
             }
             manager.start_pools();
+            // Host ports of the running sandboxes open again (recovery).
+            tokio::spawn(publish.run(manager.clone(), stop.clone()));
             ready.store(true, Ordering::Release);
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -236,6 +240,7 @@ pub async fn run(cfg: Config, runtime: Arc<dyn Runtime>) -> Result<(), DaemonErr
         ready,
         listen,
         auth,
+        publish,
     };
     tracing::info!(message = "prismd listening", %listen, state_dir = %sd.display(), auth = cfg.auth);
     eprintln!("prismd listening on http://{listen}");
@@ -291,6 +296,7 @@ async fn set_up_networking(manager: &SandboxManager, n: &crate::config::NetSetti
         pool,
         upstream_dns: n.dns_upstream,
         dns_rate: n.dns_rate,
+        proxy_port: n.proxy_port,
     };
     match prism_net::Network::new(cfg).await {
         Ok(net) => {

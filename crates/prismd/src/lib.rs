@@ -30,6 +30,7 @@ pub mod images_import;
 pub mod metrics;
 pub mod network;
 pub mod ports;
+pub mod publish;
 pub mod resolver;
 pub mod runtime;
 pub mod templates;
@@ -49,6 +50,8 @@ pub struct AppState {
     pub listen: SocketAddr,
     /// API keys, limits, audit; off (everyone is admin) unless configured or listening publicly.
     pub auth: Arc<auth::Auth>,
+    /// Published host ports.
+    pub publish: Arc<publish::Publisher>,
 }
 
 /// The OpenAPI document, generated from the handlers and the prism-types schemas.

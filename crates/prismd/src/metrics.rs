@@ -128,6 +128,7 @@ async fn gauges(st: &AppState) -> Result<(), AppError> {
                     ("prism_sandbox_network_tx_bytes", n.tx_bytes),
                     ("prism_sandbox_network_tx_packets", n.tx_packets),
                     ("prism_sandbox_dns_dropped", n.dns_dropped),
+                    ("prism_sandbox_proxy_refused", n.proxy_refused),
                 ] {
                     metrics::gauge!(name, "sandbox" => id.clone()).set(v as f64);
                 }

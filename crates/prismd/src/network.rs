@@ -61,6 +61,7 @@ impl SandboxNetwork for HostNetwork {
             tx_bytes: s.link.tx_bytes,
             tx_packets: s.link.tx_packets,
             dns_dropped: s.dns_dropped,
+            proxy_refused: s.proxy_refused,
         })
     }
 }

@@ -34,6 +34,7 @@ fn setup() -> T {
         ready: Arc::new(AtomicBool::new(true)),
         listen: "127.0.0.1:8008".parse().unwrap(),
         auth,
+        publish: Arc::new(crate::publish::Publisher::new([127, 0, 0, 1].into())),
     };
     T {
         _dir: dir,

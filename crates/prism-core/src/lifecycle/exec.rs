@@ -333,6 +333,7 @@ impl SandboxManager {
                     tx_bytes: n.tx_bytes,
                     tx_packets: n.tx_packets,
                     dns_dropped: n.dns_dropped,
+                    proxy_refused: n.proxy_refused,
                 }),
         })
     }

@@ -123,6 +123,7 @@ pub(crate) fn to_api(rec: &SandboxRecord) -> Sandbox {
         resources: rec.spec.resources,
         network: rec.spec.network.clone().unwrap_or_default(),
         ports: rec.spec.ports.clone(),
+        publish: rec.spec.publish.clone(),
         timeout_s: rec.spec.timeout_s.unwrap_or(0),
         idle_timeout_s: rec.spec.idle_timeout_s,
         created_at: rfc3339(rec.created_at_ms),

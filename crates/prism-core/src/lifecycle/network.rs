@@ -35,6 +35,8 @@ pub struct NetCounters {
     pub tx_packets: u64,
     /// DNS queries dropped by the rate limit.
     pub dns_dropped: u64,
+    /// Connections and requests the name proxy refused.
+    pub proxy_refused: u64,
 }
 
 /// What host networking has on this host: sandbox ids with rules or forwarders, and every

@@ -144,6 +144,33 @@ pub fn ports(ports: &[u16]) -> Result<(), LifecycleError> {
     Ok(())
 }
 
+/// The published ports of a create request: ports in range, a valid host address, no host
+/// address and port twice.
+pub fn publish(list: &[prism_types::PublishedPort]) -> Result<(), LifecycleError> {
+    let mut seen = std::collections::BTreeSet::new();
+    for p in list {
+        port(p.port)?;
+        if p.host_port == 0 {
+            return Err(invalid("host port 0 is not a port: use 1 to 65535"));
+        }
+        let ip = match &p.host_ip {
+            Some(ip) => Some(ip.parse::<std::net::IpAddr>().map_err(|_| {
+                invalid(format!(
+                    "host address {ip:?} of a published port is not an IP address"
+                ))
+            })?),
+            None => None,
+        };
+        if !seen.insert((ip, p.host_port)) {
+            return Err(invalid(format!(
+                "host port {} is published twice",
+                p.host_port
+            )));
+        }
+    }
+    Ok(())
+}
+
 pub fn network(n: &str) -> Result<(), LifecycleError> {
     prism_types::network::NetworkMode::parse(n)
         .map(|_| ())
@@ -181,6 +208,7 @@ pub fn create(
     labels(&req.labels)?;
     resources(&req.resources)?;
     ports(&req.ports)?;
+    publish(&req.publish)?;
     let timeout = req.timeout_s.unwrap_or(default_timeout_s);
     ttl("timeout_s", timeout, max_lifetime_s)?;
     if let Some(idle) = req.idle_timeout_s {

@@ -3,8 +3,11 @@
 //! listed names (others get REFUSED) and, before returning an answer, puts the answered IPv4
 //! addresses into the sandbox's nftables sets with a timeout of the record's TTL (at least
 //! [`MIN_TIMEOUT_S`]). An `open` sandbox's queries are forwarded as they are. Queries beyond a
-//! per-sandbox rate are dropped and counted.
+//! per-sandbox rate are dropped and counted. The same forwarder answers DNS over TCP on the
+//! same address (length-prefixed messages, RFC 1035 §4.2.2; asked upstream over TCP), with
+//! the same policy, rate and sets.
 
+mod tcp;
 pub mod wire;
 
 use std::collections::HashMap;
@@ -16,6 +19,7 @@ use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
 use tokio::sync::Semaphore;
 
+use crate::proxy::Resolved;
 use crate::{NetError, nft};
 
 /// Shortest life of an address a DNS answer allowed (seconds).
@@ -141,6 +145,16 @@ struct Ctx {
     policy: Arc<RwLock<DnsPolicy>>,
     stats: Arc<DnsStats>,
     in_flight: Arc<Semaphore>,
+    /// Where allowed answers are recorded for the name proxy.
+    resolved: Arc<Resolved>,
+    /// The sandbox's query rate, shared by UDP and TCP.
+    bucket: Mutex<Bucket>,
+}
+
+impl Ctx {
+    fn take_token(&self) -> bool {
+        lock(&self.bucket).take()
+    }
 }
 
 impl Forwarders {
@@ -154,13 +168,16 @@ impl Forwarders {
         }
     }
 
-    /// Serve sandbox `id` on `listen` with `policy` (replacing the policy if it is served).
+    /// Serve sandbox `id` on `listen` with `policy` (replacing the policy if it is served),
+    /// recording the answers it allows into `resolved` (kept when it is served already: the
+    /// caller keeps one per sandbox).
     pub async fn ensure(
         &self,
         id: &str,
         listen: SocketAddr,
         sandbox: Ipv4Addr,
         policy: DnsPolicy,
+        resolved: Arc<Resolved>,
     ) -> Result<(), NetError> {
         if let Some(f) = lock(&self.map).get(id)
             && f.listen == listen
@@ -178,6 +195,12 @@ impl Forwarders {
                 addr: listen,
                 source,
             })?;
+        let tcp = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|source| NetError::DnsBind {
+                addr: listen,
+                source,
+            })?;
         let policy = Arc::new(RwLock::new(policy));
         let stats = Arc::new(DnsStats::default());
         let ctx = Arc::new(Ctx {
@@ -189,8 +212,13 @@ impl Forwarders {
             policy: policy.clone(),
             stats: stats.clone(),
             in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+            resolved,
+            bucket: Mutex::new(Bucket::new(self.rate)),
         });
-        let task = tokio::spawn(serve(ctx, Bucket::new(self.rate))).abort_handle();
+        let task = tokio::spawn(async move {
+            tokio::join!(serve(ctx.clone()), tcp::serve(ctx, tcp));
+        })
+        .abort_handle();
         lock(&self.map).insert(
             id.to_string(),
             Forwarder {
@@ -225,7 +253,7 @@ impl Forwarders {
     }
 }
 
-async fn serve(ctx: Arc<Ctx>, mut bucket: Bucket) {
+async fn serve(ctx: Arc<Ctx>) {
     let mut buf = vec![0u8; 4096];
     loop {
         let (n, src) = match ctx.sock.recv_from(&mut buf).await {
@@ -243,7 +271,7 @@ async fn serve(ctx: Arc<Ctx>, mut bucket: Bucket) {
         let query = &buf[..n];
         let parsed = wire::parse_query(query);
         let permit = ctx.in_flight.clone().try_acquire_owned();
-        let (Some(q), true, Ok(permit)) = (parsed, bucket.take(), permit) else {
+        let (Some(q), true, Ok(permit)) = (parsed, ctx.take_token(), permit) else {
             ctx.stats.dropped.fetch_add(1, Ordering::Relaxed);
             continue;
         };
@@ -294,6 +322,17 @@ async fn forward(
             break buf[..n].to_vec();
         }
     };
+    admit(ctx, q, ports, answer).await
+}
+
+/// For an `allow` sandbox, open the answered addresses (sets, the proxy's memory) before the
+/// answer is returned; `None` when that failed (the answer must not be given).
+async fn admit(
+    ctx: &Ctx,
+    q: &wire::Question,
+    ports: &[Option<u16>],
+    answer: Vec<u8>,
+) -> Option<Vec<u8>> {
     if ports.is_empty() {
         return Some(answer);
     }
@@ -310,6 +349,9 @@ async fn forward(
             &ctx.table, &ctx.id, &addrs, *port, timeout,
         ));
     }
+    // The proxy may see a connection as soon as the set has the address: record first.
+    ctx.resolved
+        .record(&q.name, &addrs, Duration::from_secs(u64::from(timeout)));
     match tokio::task::spawn_blocking(move || nft::apply(&script)).await {
         Ok(Ok(())) => Some(answer),
         Ok(Err(error)) => {

@@ -11,6 +11,7 @@
 
 pub mod code;
 pub mod envd;
+pub mod network;
 pub mod sandboxes;
 
 use axum::Router;
@@ -39,7 +40,7 @@ pub struct E2bError {
     #[serde(skip)]
     status: StatusCode,
     code: u16,
-    message: String,
+    pub(crate) message: String,
 }
 
 impl E2bError {
@@ -94,6 +95,7 @@ pub fn router(state: AppState) -> Router {
         .route(&format!("{sb}/timeout"), post(sandboxes::set_timeout))
         .route(&format!("{sb}/refreshes"), post(sandboxes::refresh))
         .route(&format!("{sb}/metrics"), get(sandboxes::metrics))
+        .route(&format!("{sb}/network"), axum::routing::put(network::set))
         .with_state(state)
 }
 

@@ -49,6 +49,9 @@ pub struct NewSandbox {
     pub env_vars: Option<BTreeMap<String, String>>,
     #[serde(rename = "allow_internet_access")]
     pub allow_internet_access: Option<bool>,
+    /// Egress rules (`allowOut`, `denyOut`), see [`super::network`].
+    #[serde(default)]
+    pub network: Option<super::network::NetworkRules>,
 }
 
 /// `201` answer of create, connect and resume.
@@ -151,7 +154,7 @@ fn detail(sb: &Sandbox, state: &'static str) -> Detail {
 }
 
 /// A JSON body, or E2B's 400. An empty body counts as `{}` (the SDK omits some bodies).
-fn json<T: DeserializeOwned>(body: &Bytes) -> E2bResult<T> {
+pub(super) fn json<T: DeserializeOwned>(body: &Bytes) -> E2bResult<T> {
     let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
         b"{}"
     } else {
@@ -166,10 +169,11 @@ pub async fn create(
     body: Bytes,
 ) -> E2bResult<(StatusCode, Json<Created>)> {
     let req: NewSandbox = json(&body)?;
-    let network = match req.allow_internet_access {
-        Some(false) => Some("none".to_string()),
-        Some(true) => Some("open".to_string()),
-        None => None,
+    let network = match (&req.network, req.allow_internet_access) {
+        (Some(rules), internet) => Some(super::network::mode_of(rules, internet == Some(false))?),
+        (None, Some(false)) => Some("none".to_string()),
+        (None, Some(true)) => Some("open".to_string()),
+        (None, None) => None,
     };
     // The same path as Prism's own create: quota, owner (project), secrets.
     let create = CreateSandboxRequest {
@@ -192,7 +196,7 @@ pub async fn create(
 }
 
 /// A live sandbox (not destroyed) or E2B's 404.
-async fn live(st: &AppState, id: &str) -> E2bResult<(Sandbox, &'static str)> {
+pub(super) async fn live(st: &AppState, id: &str) -> E2bResult<(Sandbox, &'static str)> {
     let sb = st.manager.get(id).await?;
     match e2b_state(sb.state) {
         Some(state) => Ok((sb, state)),

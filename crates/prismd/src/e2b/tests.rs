@@ -46,6 +46,7 @@ fn setup_with(auth_on: bool) -> (T, String, String) {
         ready: Arc::new(AtomicBool::new(true)),
         listen: "127.0.0.1:8008".parse().unwrap(),
         auth,
+        publish: Arc::new(crate::publish::Publisher::new([127, 0, 0, 1].into())),
     };
     (
         T {
@@ -459,4 +460,63 @@ async fn with_auth_on_the_control_plane_needs_a_key_and_the_data_plane_its_token
             assert_e2b_error(&v, s);
         }
     }
+}
+
+#[tokio::test]
+async fn egress_rules_at_create_and_put_network_become_prism_modes() {
+    let t = setup();
+    // At create: everything denied → none (also via allow_internet_access: false).
+    let id = t
+        .create(r#"{"templateID":"base","network":{"denyOut":["0.0.0.0/0"]}}"#)
+        .await;
+    let (_, _, v) = t
+        .call(Method::GET, &format!("/v1/sandboxes/{id}"), &[], None)
+        .await;
+    assert_eq!(v["network"], "none", "{v}");
+    // Single denied ranges cannot be expressed: 400, at create and on PUT.
+    let (s, _, v) = t
+        .call(
+            Method::POST,
+            "/v2/sandboxes",
+            &[],
+            Some(r#"{"templateID":"base","network":{"denyOut":["10.0.0.0/8"]}}"#),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert_e2b_error(&v, s);
+    let put = |body: &'static str, id: String| {
+        let t = &t;
+        async move {
+            t.call(
+                Method::PUT,
+                &format!("/sandboxes/{id}/network"),
+                &[],
+                Some(body),
+            )
+            .await
+        }
+    };
+    let (s, _, v) = put(r#"{"denyOut":["10.0.0.0/8"]}"#, id.clone()).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert_e2b_error(&v, s);
+    let (s, _, v) = put(
+        r#"{"allowOut":["*.com"],"denyOut":["0.0.0.0/0"]}"#,
+        id.clone(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(v["message"].as_str().unwrap().contains("wildcard"), "{v}");
+    let (s, _, v) = put(r#"{"denyOut":["0.0.0.0/0"]}"#, "nope".into()).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert_e2b_error(&v, s);
+    // This daemon has no host networking: only `none` can be applied to a running sandbox.
+    let (s, _, v) = put(r#"{"denyOut":["0.0.0.0/0"]}"#, id.clone()).await;
+    assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
+    let (s, _, v) = put(r#"{}"#, id.clone()).await;
+    assert!(s.is_client_error(), "{s} {v}");
+    assert_e2b_error(&v, s);
+    let (_, _, v) = t
+        .call(Method::GET, &format!("/v1/sandboxes/{id}"), &[], None)
+        .await;
+    assert_eq!(v["network"], "none", "a refused change keeps the mode: {v}");
 }

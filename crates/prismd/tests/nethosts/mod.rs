@@ -93,6 +93,27 @@ impl TestHosts {
         }
     }
 
+    /// Run python3 `script` with `args` in `ns` (killed on drop); returns once each of `ready`
+    /// accepts connections (from the host).
+    pub fn spawn_script(&mut self, ns: &str, script: &str, args: &[String], ready: &[SocketAddr]) {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", ns, "python3", "-c", script]);
+        cmd.args(args);
+        self.servers.push(
+            cmd.stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for a in ready {
+            while TcpStream::connect_timeout(a, Duration::from_millis(200)).is_err() {
+                assert!(Instant::now() < deadline, "test server {a} did not start");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
     /// Remember a link to delete on drop.
     pub fn own_link(&mut self, name: &str) {
         self.links.push(name.to_string());
@@ -117,29 +138,70 @@ impl Drop for TestHosts {
     }
 }
 
-/// A DNS server on 127.0.0.1 answering `names` with their addresses (TTL 5 s) and NXDOMAIN
-/// to anything else. Returns its address.
+/// The answer of the test DNS server to `query`.
+fn dns_answer(names: &[(&'static str, Ipv4Addr)], query: &[u8]) -> Option<Vec<u8>> {
+    let q = wire::parse_query(query)?;
+    let found: Vec<Ipv4Addr> = names
+        .iter()
+        .filter(|(name, _)| *name == q.name)
+        .map(|(_, a)| *a)
+        .collect();
+    let mut answer = wire::answer(query, &q, &found, 5);
+    if found.is_empty() {
+        answer[3] |= 3; // NXDOMAIN
+    }
+    Some(answer)
+}
+
+/// A DNS server on 127.0.0.1 (UDP, and TCP on the same port) answering `names` with their
+/// addresses (TTL 5 s) and NXDOMAIN to anything else. Returns its address.
 pub async fn upstream_dns(names: Vec<(&'static str, Ipv4Addr)>) -> SocketAddr {
-    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let (sock, tcp) = loop {
+        let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        if let Ok(tcp) = tokio::net::TcpListener::bind(sock.local_addr().unwrap()).await {
+            break (sock, tcp);
+        }
+    };
     let addr = sock.local_addr().unwrap();
+    let tcp_names = names.clone();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        loop {
+            let Ok((mut c, _)) = tcp.accept().await else {
+                continue;
+            };
+            let names = tcp_names.clone();
+            tokio::spawn(async move {
+                loop {
+                    let mut len = [0u8; 2];
+                    if c.read_exact(&mut len).await.is_err() {
+                        return;
+                    }
+                    let mut q = vec![0u8; usize::from(u16::from_be_bytes(len))];
+                    if c.read_exact(&mut q).await.is_err() {
+                        return;
+                    }
+                    let Some(a) = dns_answer(&names, &q) else {
+                        return;
+                    };
+                    let mut out = (a.len() as u16).to_be_bytes().to_vec();
+                    out.extend_from_slice(&a);
+                    if c.write_all(&out).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
     tokio::spawn(async move {
         let mut buf = vec![0u8; 1500];
         loop {
             let Ok((n, src)) = sock.recv_from(&mut buf).await else {
                 continue;
             };
-            let Some(q) = wire::parse_query(&buf[..n]) else {
+            let Some(answer) = dns_answer(&names, &buf[..n]) else {
                 continue;
             };
-            let found: Vec<Ipv4Addr> = names
-                .iter()
-                .filter(|(name, _)| *name == q.name)
-                .map(|(_, a)| *a)
-                .collect();
-            let mut answer = wire::answer(&buf[..n], &q, &found, 5);
-            if found.is_empty() {
-                answer[3] |= 3; // NXDOMAIN
-            }
             let _ = sock.send_to(&answer, src).await;
         }
     });
@@ -166,6 +228,32 @@ ts = [threading.Thread(target=probe, args=(t,)) for t in sys.argv[1:]]
 [t.join() for t in ts]
 for t in sys.argv[1:]:
     print(t, res[t])
+"#;
+
+/// In a sandbox: asks the sandbox's nameserver over TCP, all on one connection, for each
+/// NAME argument; prints `NAME RCODE ADDRESS` (`-` without an answer) or `NAME ERRORCLASS`.
+pub const TCP_DNS: &str = r#"
+import socket, struct, sys
+ns = [l.split()[1] for l in open('/etc/resolv.conf') if l.startswith('nameserver')][0]
+s = socket.create_connection((ns, 53), 3)
+def rd(n):
+    b = b''
+    while len(b) < n:
+        c = s.recv(n - len(b))
+        if not c:
+            raise EOFError()
+        b += c
+    return b
+for i, name in enumerate(sys.argv[1:]):
+    try:
+        q = struct.pack('!HHHHHH', 0x1200 + i, 0x0100, 1, 0, 0, 0)
+        q += b''.join(bytes([len(p)]) + p.encode() for p in name.split('.')) + b'\x00\x00\x01\x00\x01'
+        s.sendall(struct.pack('!H', len(q)) + q)
+        a = rd(struct.unpack('!H', rd(2))[0])
+        ancount = struct.unpack('!H', a[6:8])[0]
+        print(name, a[3] & 15, socket.inet_ntoa(a[-4:]) if ancount else '-', flush=True)
+    except Exception as e:
+        print(name, type(e).__name__, flush=True)
 "#;
 
 /// Sends `n` DNS queries to the sandbox's nameserver as fast as it can.
