@@ -6,6 +6,7 @@
 pub mod agent;
 mod code;
 mod code_agent;
+mod control;
 mod exec;
 #[cfg(any(test, feature = "fake"))]
 pub mod fake;

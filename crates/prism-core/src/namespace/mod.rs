@@ -552,7 +552,8 @@ impl Runtime for NamespaceRuntime {
     }
 
     fn oom_kills(&self, handle: &SandboxHandle) -> Result<u64, RuntimeError> {
-        self.host.cgroups
+        self.host
+            .cgroups
             .oom_kills(&handle.id)
             .map_err(|e| RuntimeError::NotFound(error_chain(&e)))
     }
