@@ -21,6 +21,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+mod accept;
 pub mod addr;
 pub mod dns;
 pub mod link;

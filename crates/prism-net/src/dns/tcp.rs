@@ -3,15 +3,12 @@
 //! check, policy, rate and sets as UDP; a connection carries queries one after another and
 //! is closed when idle, malformed or over the rate. The upstream is asked over TCP too.
 
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
 
 use super::{Ctx, UPSTREAM_TIMEOUT, admit, wire};
 
@@ -21,31 +18,20 @@ pub const MAX_CONNECTIONS: usize = 16;
 const IDLE: Duration = Duration::from_secs(10);
 
 pub(super) async fn serve(ctx: Arc<Ctx>, listener: TcpListener) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let mut conns = JoinSet::new();
-    loop {
-        while conns.try_join_next().is_some() {}
-        let (sock, peer) = match listener.accept().await {
-            Ok(c) => c,
-            Err(error) => {
-                tracing::debug!(message = "dns tcp accept failed", sandbox_id = %ctx.id, %error);
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
-        };
-        if peer.ip() != IpAddr::V4(ctx.sandbox) {
-            continue;
-        }
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            ctx.stats.dropped.fetch_add(1, Ordering::Relaxed);
-            continue;
-        };
+    let bounded = crate::accept::Bounded {
+        what: "dns tcp",
+        sandbox_id: &ctx.id,
+        sandbox: ctx.sandbox,
+        max: MAX_CONNECTIONS,
+    };
+    let on_full = || {
+        ctx.stats.dropped.fetch_add(1, Ordering::Relaxed);
+    };
+    crate::accept::serve(bounded, listener, on_full, |sock| {
         let ctx = ctx.clone();
-        conns.spawn(async move {
-            let _permit = permit;
-            connection(&ctx, sock).await;
-        });
-    }
+        async move { connection(&ctx, sock).await }
+    })
+    .await;
 }
 
 async fn connection(ctx: &Ctx, mut sock: TcpStream) {

@@ -30,8 +30,6 @@ use std::time::{Duration, Instant};
 
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
 
 use crate::NetError;
 use crate::dns::DomainRule;
@@ -255,31 +253,20 @@ impl Proxies {
 
 /// Accept until aborted; the connections live in a JoinSet, so aborting this task ends them.
 async fn serve(ctx: Arc<Ctx>, listener: TcpListener) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let mut conns = JoinSet::new();
-    loop {
-        while conns.try_join_next().is_some() {}
-        let (sock, peer) = match listener.accept().await {
-            Ok(c) => c,
-            Err(error) => {
-                tracing::debug!(message = "proxy accept failed", sandbox_id = %ctx.id, %error);
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
-        };
-        if peer.ip() != IpAddr::V4(ctx.sandbox) {
-            continue;
-        }
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            ctx.stats.refused.fetch_add(1, Ordering::Relaxed);
-            continue;
-        };
+    let bounded = crate::accept::Bounded {
+        what: "name proxy",
+        sandbox_id: &ctx.id,
+        sandbox: ctx.sandbox,
+        max: MAX_CONNECTIONS,
+    };
+    let on_full = || {
+        ctx.stats.refused.fetch_add(1, Ordering::Relaxed);
+    };
+    crate::accept::serve(bounded, listener, on_full, |sock| {
         let ctx = ctx.clone();
-        conns.spawn(async move {
-            let _permit = permit;
-            handle(&ctx, sock).await;
-        });
-    }
+        async move { handle(&ctx, sock).await }
+    })
+    .await;
 }
 
 async fn handle(ctx: &Arc<Ctx>, mut client: TcpStream) {
