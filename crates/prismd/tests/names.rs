@@ -348,23 +348,7 @@ async fn names_are_enforced_by_sni_and_host_towards_what_they_resolved_to() {
     let host_srv = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
     host_srv.set_nonblocking(true).unwrap();
     let hp = host_srv.local_addr().unwrap().port();
-    let resolv = c
-        .exec(
-            "names",
-            &ExecRequest {
-                command: Some("cat /etc/resolv.conf".into()),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap()
-        .stdout;
-    let ns = resolv
-        .lines()
-        .find_map(|l| l.strip_prefix("nameserver "))
-        .unwrap()
-        .trim()
-        .to_string();
+    let ns = nethosts::nameserver(&c, "names").await;
     let to_host = format!("http,203.0.113.1,{hp},host.test");
     let to_proxy = format!("http,{ns},{},allowed.test", prism_net::PROXY_PORT);
     let got = results(&run(&c, "names", CLIENT, &[&to_host, &to_proxy]).await);

@@ -295,23 +295,7 @@ async fn open_and_allow_reach_exactly_what_they_should_and_leave_nothing_behind(
         a_host, "198.51.100.2",
         "open sandboxes resolve through the Prism DNS"
     );
-    let resolv = c
-        .exec(
-            "neta",
-            &ExecRequest {
-                command: Some("cat /etc/resolv.conf".into()),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap()
-        .stdout;
-    let ns = resolv
-        .lines()
-        .find_map(|l| l.strip_prefix("nameserver "))
-        .unwrap()
-        .trim()
-        .to_string();
+    let ns = nethosts::nameserver(&c, "neta").await;
     let mut targets = vec![
         pub2.clone(),
         int.clone(),

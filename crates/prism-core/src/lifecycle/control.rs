@@ -22,24 +22,17 @@ impl SandboxManager {
         }
     }
 
-    /// Mark a locked sandbox failed and kill its processes (keeping its writable layer).
+    /// Mark a locked sandbox failed and kill its processes (keeping its writable layer). A
+    /// runtime error is logged, not returned: the sandbox is failed either way.
     pub(crate) async fn fail_locked(
         &self,
         rec: &mut SandboxRecord,
         why: &str,
     ) -> Result<(), LifecycleError> {
-        self.drop_live(&rec.id);
-        self.net_detach(&rec.id).await;
-        if let Ok(h) = Self::handle_of(rec) {
-            let rt = self.inner.runtime.clone();
-            if let Ok(Err(error)) = blocking(move || rt.stop(&h)).await {
-                tracing::warn!(message = "stop of a failed sandbox failed", sandbox_id = %rec.id, %error);
-            }
+        if let Err(error) = self.halt_locked(rec).await {
+            tracing::warn!(message = "stop of a failed sandbox failed", sandbox_id = %rec.id, %error);
         }
-        rec.state = SandboxState::Failed;
-        rec.handle = None;
-        rec.updated_at_ms = now_ms();
-        self.save(rec, why).await
+        self.settle_locked(rec, SandboxState::Failed, why).await
     }
 
     pub(super) async fn stop_locked(
@@ -47,6 +40,13 @@ impl SandboxManager {
         rec: &mut SandboxRecord,
         why: &str,
     ) -> Result<(), LifecycleError> {
+        self.halt_locked(rec).await?;
+        self.settle_locked(rec, SandboxState::Stopped, why).await
+    }
+
+    /// End a locked sandbox's processes, its networking and its runtime (the writable layer
+    /// stays).
+    async fn halt_locked(&self, rec: &SandboxRecord) -> Result<(), LifecycleError> {
         self.drop_live(&rec.id);
         self.net_detach(&rec.id).await;
         if let Ok(h) = Self::handle_of(rec) {
@@ -55,7 +55,17 @@ impl SandboxManager {
                 .await?
                 .map_err(|source| LifecycleError::Runtime { op: "stop", source })?;
         }
-        rec.state = SandboxState::Stopped;
+        Ok(())
+    }
+
+    /// Record that a locked sandbox no longer runs, in `state`.
+    async fn settle_locked(
+        &self,
+        rec: &mut SandboxRecord,
+        state: SandboxState,
+        why: &str,
+    ) -> Result<(), LifecycleError> {
+        rec.state = state;
         rec.handle = None;
         rec.updated_at_ms = now_ms();
         self.save(rec, why).await
@@ -125,10 +135,8 @@ impl SandboxManager {
         {
             tracing::warn!(message = "could not remove a sandbox log", sandbox_id = %rec.id, %error);
         }
-        rec.state = SandboxState::Destroyed;
-        rec.handle = None;
-        rec.updated_at_ms = now_ms();
-        self.save(&rec, why).await?;
+        self.settle_locked(&mut rec, SandboxState::Destroyed, why)
+            .await?;
         lock(&self.inner.locks).remove(&rec.id);
         tracing::info!(message = "sandbox destroyed", sandbox_id = %rec.id, reason = why);
         Ok(to_api(&rec))

@@ -153,6 +153,21 @@ fn dns_answer(names: &[(&'static str, Ipv4Addr)], query: &[u8]) -> Option<Vec<u8
     Some(answer)
 }
 
+/// The nameserver a sandbox's /etc/resolv.conf names (its Prism DNS forwarder).
+pub async fn nameserver(c: &prism_client::Client, sandbox: &str) -> String {
+    let req = prism_types::ExecRequest {
+        command: Some("cat /etc/resolv.conf".into()),
+        ..Default::default()
+    };
+    let resolv = c.exec(sandbox, &req).await.unwrap().stdout;
+    resolv
+        .lines()
+        .find_map(|l| l.strip_prefix("nameserver "))
+        .unwrap_or_else(|| panic!("no nameserver in {sandbox}'s resolv.conf: {resolv:?}"))
+        .trim()
+        .to_string()
+}
+
 /// A DNS server on 127.0.0.1 (UDP, and TCP on the same port) answering `names` with their
 /// addresses (TTL 5 s) and NXDOMAIN to anything else. Returns its address.
 pub async fn upstream_dns(names: Vec<(&'static str, Ipv4Addr)>) -> SocketAddr {
