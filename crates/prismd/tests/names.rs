@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 
 use nethosts::{PROBE, TCP_DNS, TestHosts};
-use prism_types::{CreateSandboxRequest, ExecRequest};
+use prism_types::CreateSandboxRequest;
 use support::Daemon;
 
 /// argv: LOG then ADDR PORT KIND triples. KIND `http`: answers every request of a connection
@@ -118,20 +118,7 @@ for step in sys.argv[1:]:
 "#;
 
 async fn run(c: &prism_client::Client, sb: &str, script: &str, args: &[&str]) -> Vec<String> {
-    let mut cmd = vec!["python3".to_string(), "-c".into(), script.into()];
-    cmd.extend(args.iter().map(|s| s.to_string()));
-    let r = c
-        .exec(
-            sb,
-            &ExecRequest {
-                cmd: Some(cmd),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
-    assert_eq!(r.exit_code, 0, "{r:?}");
-    r.stdout.lines().map(str::to_string).collect()
+    nethosts::run_python(c, sb, script, args).await
 }
 
 /// `step => result` lines as a map.

@@ -134,21 +134,10 @@ use nethosts::{FLOOD, PROBE, TestHosts};
 
 /// Run the probe script in sandbox `sb` over `targets`; returns target → result.
 async fn probe(c: &prism_client::Client, sb: &str, targets: &[String]) -> BTreeMap<String, String> {
-    let mut cmd = vec!["python3".to_string(), "-c".into(), PROBE.into()];
-    cmd.extend(targets.iter().cloned());
-    let r = c
-        .exec(
-            sb,
-            &ExecRequest {
-                cmd: Some(cmd),
-                ..Default::default()
-            },
-        )
+    let args: Vec<&str> = targets.iter().map(String::as_str).collect();
+    nethosts::run_python(c, sb, PROBE, &args)
         .await
-        .unwrap();
-    assert_eq!(r.exit_code, 0, "{r:?}");
-    r.stdout
-        .lines()
+        .iter()
         .filter_map(|l| l.split_once(' '))
         .map(|(t, v)| (t.to_string(), v.to_string()))
         .collect()

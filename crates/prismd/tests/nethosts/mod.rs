@@ -153,6 +153,24 @@ fn dns_answer(names: &[(&'static str, Ipv4Addr)], query: &[u8]) -> Option<Vec<u8
     Some(answer)
 }
 
+/// Runs `python3 -c script args…` in sandbox `sb`; it must exit 0. Returns its stdout lines.
+pub async fn run_python(
+    c: &prism_client::Client,
+    sb: &str,
+    script: &str,
+    args: &[&str],
+) -> Vec<String> {
+    let mut cmd = vec!["python3".to_string(), "-c".into(), script.into()];
+    cmd.extend(args.iter().map(|s| s.to_string()));
+    let req = prism_types::ExecRequest {
+        cmd: Some(cmd),
+        ..Default::default()
+    };
+    let r = c.exec(sb, &req).await.unwrap();
+    assert_eq!(r.exit_code, 0, "{r:?}");
+    r.stdout.lines().map(str::to_string).collect()
+}
+
 /// The nameserver a sandbox's /etc/resolv.conf names (its Prism DNS forwarder).
 pub async fn nameserver(c: &prism_client::Client, sandbox: &str) -> String {
     let req = prism_types::ExecRequest {
