@@ -46,6 +46,27 @@ pub const DENIED_V4: &[&str] = &[
     "224.0.0.0/3",
 ];
 
+/// Whether a DNS answer for an allowed name may open `ip`. Never the ranges `open` denies
+/// (link-local cloud metadata, loopback, private and special ranges, the sandbox pool): a name
+/// whose DNS the sandbox's code controls (a wildcard-DNS service, a rebinding domain) must not
+/// turn into a way to the metadata service or the internal network. Private addresses are
+/// reached by listing their CIDR.
+pub fn name_may_open(ip: Ipv4Addr) -> bool {
+    let ip = u32::from(ip);
+    !DENIED_V4.iter().any(|range| {
+        let Some((net, bits)) = range.split_once('/') else {
+            return false;
+        };
+        match (net.parse::<Ipv4Addr>(), bits.parse::<u32>()) {
+            (Ok(net), Ok(bits)) if bits <= 32 => {
+                let mask = u32::MAX.checked_shl(32 - bits).unwrap_or(0);
+                ip & mask == u32::from(net) & mask
+            }
+            _ => false,
+        }
+    })
+}
+
 /// The same for IPv6 (sandboxes have no IPv6 address today; kept for the day they do).
 pub const DENIED_V6: &[&str] = &[
     "::/127",
@@ -517,5 +538,30 @@ mod tests {
             s.ends_with("add element inet prism sb-x-dp4 { 198.51.100.7 . 443 timeout 90s }\n"),
             "{s}"
         );
+    }
+
+    #[test]
+    fn names_never_open_denied_ranges() {
+        for ip in [
+            "169.254.169.254",
+            "10.1.2.3",
+            "127.0.0.1",
+            "192.168.0.1",
+            "172.31.255.255",
+            "100.96.0.5",
+            "0.0.0.0",
+            "239.1.1.1",
+        ] {
+            assert!(!name_may_open(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in [
+            "198.51.100.3",
+            "203.0.113.2",
+            "1.1.1.1",
+            "172.32.0.1",
+            "11.0.0.1",
+        ] {
+            assert!(name_may_open(ip.parse().unwrap()), "{ip}");
+        }
     }
 }

@@ -215,6 +215,8 @@ async fn open_and_allow_reach_exactly_what_they_should_and_leave_nothing_behind(
         ("open.test", Ipv4Addr::new(198, 51, 100, 2)),
         ("allowed.test", Ipv4Addr::new(198, 51, 100, 3)),
         ("denied.test", Ipv4Addr::new(198, 51, 100, 4)),
+        // A listed name whose DNS points at the metadata service (rebinding, wildcard DNS).
+        ("meta.test", Ipv4Addr::new(169, 254, 169, 254)),
     ])
     .await;
     // A host listener on every address (the host's own addresses must stay unreachable).
@@ -344,16 +346,28 @@ async fn open_and_allow_reach_exactly_what_they_should_and_leave_nothing_behind(
     );
 
     // ---- allow ----
-    let mode = format!("allow={internal_ip}/32,198.51.100.2:8080,allowed.test");
+    let mode = format!("allow={internal_ip}/32,198.51.100.2:8080,allowed.test,meta.test");
     let al = c.create(&create_req("netc", &mode)).await.unwrap();
     assert_eq!(al.network, mode);
     let before = probe(&c, "netc", std::slice::from_ref(&pub3)).await;
     expect(&before, &[(&pub3, false)], "allow before resolving");
     let dns_ok = t("dns:allowed.test");
     let dns_no = t("dns:denied.test");
-    let got = probe(&c, "netc", &[dns_ok.clone(), dns_no.clone()]).await;
-    expect(&got, &[(&dns_ok, true), (&dns_no, false)], "allow dns");
+    let dns_md = t("dns:meta.test");
+    let got = probe(
+        &c,
+        "netc",
+        &[dns_ok.clone(), dns_no.clone(), dns_md.clone()],
+    )
+    .await;
+    expect(
+        &got,
+        &[(&dns_ok, true), (&dns_no, false), (&dns_md, true)],
+        "allow dns",
+    );
     assert_eq!(got[&dns_ok], "198.51.100.3");
+    // meta.test resolved to the metadata address, which must stay unreachable (`md` below).
+    assert_eq!(got[&dns_md], "169.254.169.254");
     let got = probe(
         &c,
         "netc",

@@ -342,7 +342,15 @@ async fn admit(
     }
     let ttl = records.iter().map(|r| r.1).min().unwrap_or(0);
     let timeout = ttl.clamp(MIN_TIMEOUT_S, MAX_TIMEOUT_S);
-    let addrs: Vec<Ipv4Addr> = records.iter().map(|r| r.0).collect();
+    // The answer is given as it is, but a name never opens a denied range.
+    let addrs: Vec<Ipv4Addr> = records
+        .iter()
+        .map(|r| r.0)
+        .filter(|a| nft::name_may_open(*a))
+        .collect();
+    if addrs.is_empty() {
+        return Some(answer);
+    }
     let mut script = String::new();
     for port in ports {
         script.push_str(&nft::dns_elements_script(
