@@ -68,14 +68,7 @@ fn scripts_are_accepted_by_nft_and_removal_leaves_only_the_base() {
         nft::apply(&nft::dns_elements_script(t, "bbb", &a, None, 60)).unwrap();
         nft::apply(&nft::dns_elements_script(t, "bbb", &a, Some(443), 60)).unwrap();
     }
-    let listed = String::from_utf8(
-        Command::new("nft")
-            .args(["list", "table", "inet", t])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
+    let listed = list_table(t);
     assert!(listed.contains("198.51.100.3 timeout 1m"), "{listed}");
     assert_eq!(listed.matches("redirect to :3129").count(), 2, "{listed}");
     assert_eq!(
@@ -102,17 +95,19 @@ fn scripts_are_accepted_by_nft_and_removal_leaves_only_the_base() {
     nft::remove(t, "bbb", &host_ifname("bbb"), &objects).unwrap();
     let left = nft::list_objects(t).unwrap();
     assert!(left.iter().all(|o| nft::owner_of(o).is_none()), "{left:?}");
-    let listed = String::from_utf8(
-        Command::new("nft")
-            .args(["list", "table", "inet", t])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
+    let listed = list_table(t);
     assert!(!listed.contains("prsb"), "map elements left: {listed}");
     // Removing again is fine.
     nft::remove(t, "aaa", &host_ifname("aaa"), &left).unwrap();
+}
+
+/// `nft list table inet <t>`.
+fn list_table(t: &str) -> String {
+    let out = Command::new("nft")
+        .args(["list", "table", "inet", t])
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap()
 }
 
 fn nix_root() -> bool {

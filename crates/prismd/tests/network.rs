@@ -26,18 +26,7 @@ async fn none_mode_reaches_only_the_sandbox_loopback_and_bad_modes_are_refused()
     // Host listeners: on loopback, and on every address (reachable through any host interface).
     let lo = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let any = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
-    let host_ips: Vec<String> = String::from_utf8(
-        std::process::Command::new("hostname")
-            .arg("-I")
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap()
-    .split_whitespace()
-    .filter(|ip| !ip.contains(':'))
-    .map(String::from)
-    .collect();
+    let host_ips = nethosts::host_ipv4s();
 
     let sb = c
         .create(&CreateSandboxRequest {
@@ -235,18 +224,10 @@ async fn open_and_allow_reach_exactly_what_they_should_and_leave_nothing_behind(
     let int = format!("{internal_ip}:8080");
     let md = t("169.254.169.254:80");
     let host_pub = format!("198.51.100.1:{host_port}");
-    let mut host_addrs: Vec<String> = String::from_utf8(
-        std::process::Command::new("hostname")
-            .arg("-I")
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap()
-    .split_whitespace()
-    .filter(|ip| !ip.contains(':'))
-    .map(|ip| format!("{ip}:{host_port}"))
-    .collect();
+    let mut host_addrs: Vec<String> = nethosts::host_ipv4s()
+        .iter()
+        .map(|ip| format!("{ip}:{host_port}"))
+        .collect();
     host_addrs.push(format!("127.0.0.1:{host_port}"));
 
     // ---- open ----

@@ -73,24 +73,11 @@ impl TestHosts {
 
     /// TCP servers in `ns` on each address:port; returns once they accept (from the host).
     pub fn serve(&mut self, ns: &str, on: &[SocketAddr]) {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", ns, "python3", "-c", SERVER]);
-        for a in on {
-            cmd.arg(a.ip().to_string()).arg(a.port().to_string());
-        }
-        self.servers.push(
-            cmd.stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap(),
-        );
-        let deadline = Instant::now() + Duration::from_secs(20);
-        for a in on {
-            while TcpStream::connect_timeout(a, Duration::from_millis(200)).is_err() {
-                assert!(Instant::now() < deadline, "test server {a} did not start");
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
+        let args: Vec<String> = on
+            .iter()
+            .flat_map(|a| [a.ip().to_string(), a.port().to_string()])
+            .collect();
+        self.spawn_script(ns, SERVER, &args, on);
     }
 
     /// Run python3 `script` with `args` in `ns` (killed on drop); returns once each of `ready`
@@ -151,6 +138,17 @@ fn dns_answer(names: &[(&'static str, Ipv4Addr)], query: &[u8]) -> Option<Vec<u8
         answer[3] |= 3; // NXDOMAIN
     }
     Some(answer)
+}
+
+/// The host's own IPv4 addresses (`hostname -I`).
+pub fn host_ipv4s() -> Vec<String> {
+    let out = Command::new("hostname").arg("-I").output().unwrap().stdout;
+    String::from_utf8(out)
+        .unwrap()
+        .split_whitespace()
+        .filter(|ip| !ip.contains(':'))
+        .map(String::from)
+        .collect()
 }
 
 /// Runs `python3 -c script args…` in sandbox `sb`; it must exit 0. Returns its stdout lines.
