@@ -53,6 +53,13 @@ pub struct RunCode {
     /// Seconds before the run is interrupted (default 300; 0 = the default).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timeout_s: Option<u64>,
+    /// Set for this run only, restored afterwards.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub envs: BTreeMap<String, String>,
+    /// Without `context_id`: the environment of the language's default context, if this run
+    /// creates it (the sandbox's variables and secrets).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub context_envs: BTreeMap<String, String>,
 }
 
 /// `POST /code/invoke`: calls `handler(event)` in a fresh, throw-away context.
@@ -70,6 +77,9 @@ pub struct Invoke {
     pub event: serde_json::Value,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timeout_s: Option<u64>,
+    /// The environment of the throw-away context (the sandbox's variables and secrets).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub envs: BTreeMap<String, String>,
 }
 
 /// An error raised by code.

@@ -28,6 +28,10 @@ pub struct RunCodeRequest {
     /// Seconds before the run is interrupted (default 300).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_s: Option<u64>,
+    /// Environment variables for this run only: set before the code runs (also for the
+    /// processes it starts) and restored to their previous values (or unset) after it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
 }
 
 /// `POST /v1/sandboxes/{id}/contexts`.

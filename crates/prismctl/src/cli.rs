@@ -229,6 +229,9 @@ pub struct CodeArgs {
     /// Seconds before the run is interrupted.
     #[arg(long)]
     pub timeout: Option<u64>,
+    /// Environment variable for this run only (restored afterwards); repeatable.
+    #[arg(short, long = "env", value_name = "K=V")]
+    pub env: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]

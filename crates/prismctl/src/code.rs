@@ -31,6 +31,7 @@ pub async fn run(client: &Client, json: bool, a: CodeArgs) -> anyhow::Result<u8>
         language,
         context_id: a.context,
         timeout_s: a.timeout,
+        env: crate::parse_kv(&a.env, "environment variable")?,
     };
     let mut events = client.run_code(&a.id, &req).await?;
     let (mut out, mut err) = (std::io::stdout(), std::io::stderr());

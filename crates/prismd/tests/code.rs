@@ -28,7 +28,9 @@ struct Run {
 
 impl Run {
     fn text(&self) -> String {
-        self.result.as_ref().unwrap()["text/plain"]
+        self.result
+            .as_ref()
+            .unwrap_or_else(|| panic!("no result: {self:?}"))["text/plain"]
             .as_str()
             .unwrap()
             .to_string()
@@ -71,13 +73,31 @@ async fn run(c: &Client, sb: &str, ctx: &str, code: &str) -> Run {
         context_id: Some(ctx.into()),
         ..Default::default()
     };
-    let mut events = c.run_code(sb, &req).await.unwrap();
+    run_req(c, sb, &req).await
+}
+
+async fn run_req(c: &Client, sb: &str, req: &RunCodeRequest) -> Run {
+    let mut events = c.run_code(sb, req).await.unwrap();
     let mut out = Run::default();
     while let Some(ev) = events.next().await {
         collect(&mut out, ev.unwrap());
     }
     assert!(out.status.is_some(), "no end event: {out:?}");
     out
+}
+
+/// A run in context `ctx` with `env` for that run only.
+async fn run_env(c: &Client, sb: &str, ctx: &str, code: &str, env: &[(&str, &str)]) -> Run {
+    let req = RunCodeRequest {
+        code: code.into(),
+        context_id: Some(ctx.into()),
+        env: env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        ..Default::default()
+    };
+    run_req(c, sb, &req).await
 }
 
 async fn context(c: &Client, sb: &str, lang: &str) -> String {
@@ -194,11 +214,7 @@ async fn code_contexts_keep_state_and_report_results_errors_and_interrupts() {
         timeout_s: Some(1),
         ..Default::default()
     };
-    let mut r = Run::default();
-    let mut events = c.run_code("code", &req).await.unwrap();
-    while let Some(ev) = events.next().await {
-        collect(&mut r, ev.unwrap());
-    }
+    let r = run_req(c, "code", &req).await;
     assert_eq!(r.status, Some(RunStatus::Timeout), "{r:?}");
     assert_eq!(run(c, "code", &py, "x").await.text(), "20");
 
@@ -264,12 +280,7 @@ async fn code_contexts_keep_state_and_report_results_errors_and_interrupts() {
         language: Some("python".into()),
         ..Default::default()
     };
-    let mut events = c.run_code("code", &req).await.unwrap();
-    let mut r = Run::default();
-    while let Some(ev) = events.next().await {
-        collect(&mut r, ev.unwrap());
-    }
-    assert_eq!(r.text(), "5");
+    assert_eq!(run_req(c, "code", &req).await.text(), "5");
 
     // Handlers: JSON in, JSON out, logs, structured errors.
     let inv = InvokeRequest {
@@ -335,4 +346,117 @@ async fn code_contexts_keep_state_and_report_results_errors_and_interrupts() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("KeyError"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runs_env_holds_for_that_run_only_in_every_language() {
+    if !support::root_or_skip("a_runs_env_holds_for_that_run_only_in_every_language") {
+        return;
+    }
+    let _ = prism_images::registry::RegistryClient::new(Default::default());
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(dir.path()).await;
+    let c = &d.client;
+    let req: CreateSandboxRequest =
+        serde_json::from_str(r#"{"name":"env","env":{"SB_VAR":"from-create"}}"#).unwrap();
+    c.create(&req).await.unwrap();
+
+    // Python: the run and the processes it starts see the run's env (which may shadow the
+    // sandbox's); the next run sees the values from before.
+    let py = context(c, "env", "python").await;
+    let code = "import os, subprocess\n(os.environ['A'], os.environ['SB_VAR'], \
+                subprocess.run(['sh', '-c', 'echo $A'], capture_output=True, text=True).stdout)";
+    let r = run_env(c, "env", &py, code, &[("A", "1"), ("SB_VAR", "per-run")]).await;
+    assert_eq!(r.text(), "('1', 'per-run', '1\\n')", "{r:?}");
+    let r = run(c, "env", &py, "(os.environ.get('A'), os.environ['SB_VAR'])").await;
+    assert_eq!(r.text(), "(None, 'from-create')");
+    // Restored also when the run raised.
+    let r = run_env(
+        c,
+        "env",
+        &py,
+        "raise ValueError(os.environ['A'])",
+        &[("A", "2")],
+    )
+    .await;
+    assert_eq!(r.error.unwrap().value, "2");
+    assert_eq!(run(c, "env", &py, "os.environ.get('A')").await.result, None);
+
+    // The sandbox's env reaches the default context of a language and handlers too, and a
+    // context's own env comes over it.
+    let req = RunCodeRequest {
+        code: "import os; os.environ['SB_VAR']".into(),
+        language: Some("python".into()),
+        env: [("A".to_string(), "in-default".to_string())].into(),
+        ..Default::default()
+    };
+    assert_eq!(run_req(c, "env", &req).await.text(), "'from-create'");
+    let inv = InvokeRequest {
+        language: "python".into(),
+        code: Some("import os\ndef handler(e):\n    return os.environ['SB_VAR']".into()),
+        ..Default::default()
+    };
+    let out = c.invoke("env", &inv).await.unwrap();
+    assert_eq!(out.result, serde_json::json!("from-create"), "{out:?}");
+    let own = CreateContextRequest {
+        language: "python".into(),
+        env: [("SB_VAR".to_string(), "own".to_string())].into(),
+        ..Default::default()
+    };
+    let own = c.create_context("env", &own).await.unwrap().id;
+    let r = run(c, "env", &own, "import os; os.environ['SB_VAR']").await;
+    assert_eq!(r.text(), "'own'");
+
+    // JavaScript.
+    let js = context(c, "env", "javascript").await;
+    let r = run_env(
+        c,
+        "env",
+        &js,
+        "process.env.B + process.env.SB_VAR",
+        &[("B", "2")],
+    )
+    .await;
+    assert_eq!(r.text(), "'2from-create'");
+    let r = run(c, "env", &js, "String(process.env.B)").await;
+    assert_eq!(r.text(), "'undefined'");
+
+    // Bash: a variable the context had is put back; one it did not have is unset; quotes and
+    // spaces in values survive.
+    let sh = context(c, "env", "bash").await;
+    run(c, "env", &sh, "export KEEP=k").await;
+    let r = run_env(
+        c,
+        "env",
+        &sh,
+        "echo \"$KEEP|$NEW\"; sh -c 'echo \"$NEW\"'",
+        &[("KEEP", "tmp"), ("NEW", "n v'q")],
+    )
+    .await;
+    assert_eq!(r.stdout(), "tmp|n v'q\nn v'q\n");
+    let r = run(c, "env", &sh, "echo \"$KEEP|${NEW-unset}\"").await;
+    assert_eq!(r.stdout(), "k|unset\n");
+
+    // A name that is not a variable name is refused (422) before anything runs.
+    let req = RunCodeRequest {
+        code: "1".into(),
+        context_id: Some(py.clone()),
+        env: [("1A".to_string(), "x".to_string())].into(),
+        ..Default::default()
+    };
+    let e = c.run_code("env", &req).await.err().unwrap();
+    assert_eq!(e.status(), Some(422), "{e}");
+    assert!(e.to_string().contains("1A"), "{e}");
+
+    // prismctl code -e.
+    let out = Command::new(prismctl())
+        .args(["--api", &d.url(), "code", "env", "-e", "X=from-cli", "-c"])
+        .arg("import os; os.environ['X']")
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "'from-cli'\n",
+        "{out:?}"
+    );
 }

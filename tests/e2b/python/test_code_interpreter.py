@@ -62,10 +62,20 @@ def test_javascript_and_bash(ci):
     assert "".join(ex.logs.stdout) == "from-bash\n"
 
 
-def test_per_run_envs_are_refused_clearly(ci):
-    with pytest.raises(Exception) as e:
-        ci.run_code("1", envs={"A": "b"})
-    assert "not supported" in str(e.value)
+def test_per_run_envs_hold_for_that_run_only(ci):
+    code = "import os, subprocess\n(os.environ['RUN_VAR'], os.environ['CI_VAR'], " \
+        "subprocess.run(['sh', '-c', 'echo $RUN_VAR'], capture_output=True, text=True).stdout)"
+    ex = ci.run_code(code, envs={"RUN_VAR": "per-run", "CI_VAR": "shadowed"})
+    assert ex.error is None, ex.error
+    assert ex.text == "('per-run', 'shadowed', 'per-run\\n')"
+    after = ci.run_code("import os; (os.environ.get('RUN_VAR'), os.environ['CI_VAR'])")
+    assert after.text == "(None, 'seen-by-code')"
+    js = ci.run_code("process.env.JS_VAR", language="js", envs={"JS_VAR": "in-js"})
+    assert js.text == "'in-js'"
+    sh = ci.run_code('echo "$SH_VAR"', language="bash", envs={"SH_VAR": "a b'c"})
+    assert "".join(sh.logs.stdout) == "a b'c\n"
+    sh = ci.run_code('echo "${SH_VAR-unset}"', language="bash")
+    assert "".join(sh.logs.stdout) == "unset\n"
 
 
 def test_sandbox_envs_reach_code_contexts(ci):

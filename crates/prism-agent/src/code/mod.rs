@@ -248,6 +248,7 @@ impl Contexts {
         &self,
         language: &str,
         user: User,
+        envs: std::collections::BTreeMap<String, String>,
     ) -> Result<Arc<Context>, ConnectError> {
         let lang = Language::parse(language)?;
         let id = format!("default-{}", lang.as_str());
@@ -256,6 +257,7 @@ impl Contexts {
         }
         let req = CreateContext {
             language: lang.as_str().into(),
+            envs,
             ..Default::default()
         };
         match self.create(req, user, Some(id.clone())).await {
@@ -275,7 +277,10 @@ impl Contexts {
     ) -> Result<mpsc::Receiver<CodeEvent>, ConnectError> {
         let ctx = match (&req.context_id, &req.language) {
             (Some(id), _) => self.get(id)?,
-            (None, Some(lang)) => self.default_context(lang, user).await?,
+            (None, Some(lang)) => {
+                self.default_context(lang, user, req.context_envs.clone())
+                    .await?
+            }
             (None, None) => {
                 return Err(ConnectError::new(
                     Code::InvalidArgument,
@@ -299,7 +304,7 @@ impl Contexts {
             None | Some(0) => DEFAULT_TIMEOUT,
             Some(s) => Duration::from_secs(s),
         };
-        let msg = serde_json::json!({"type": "run", "code": req.code});
+        let msg = serde_json::json!({"type": "run", "code": req.code, "env": req.envs});
         Ok(self.spawn_run(ctx, msg, timeout))
     }
 
@@ -361,6 +366,7 @@ impl Contexts {
         let id = format!("invoke-{}", self.seq.fetch_add(1, Ordering::Relaxed));
         let create = CreateContext {
             language: language.as_str().into(),
+            envs: req.envs,
             ..Default::default()
         };
         self.create(create, user, Some(id.clone())).await?;

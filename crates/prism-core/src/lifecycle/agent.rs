@@ -149,11 +149,21 @@ pub trait Agent: Send + Sync {
     fn interrupt_context(&self, _id: &str) -> BoxFuture<'_, AgentResult<()>> {
         Box::pin(async { Err(no_code()) })
     }
-    /// Runs code; the events end with `end`.
-    fn run_code(&self, _req: RunCodeRequest) -> BoxFuture<'_, AgentResult<CodeEvents>> {
+    /// Runs code; the events end with `end`. `context_env` is the environment of the
+    /// language's default context if the run creates it.
+    fn run_code(
+        &self,
+        _req: RunCodeRequest,
+        _context_env: BTreeMap<String, String>,
+    ) -> BoxFuture<'_, AgentResult<CodeEvents>> {
         Box::pin(async { Err(no_code()) })
     }
-    fn invoke(&self, _req: InvokeRequest) -> BoxFuture<'_, AgentResult<InvokeResult>> {
+    /// Calls a handler in a throw-away context with environment `env`.
+    fn invoke(
+        &self,
+        _req: InvokeRequest,
+        _env: BTreeMap<String, String>,
+    ) -> BoxFuture<'_, AgentResult<InvokeResult>> {
         Box::pin(async { Err(no_code()) })
     }
 }

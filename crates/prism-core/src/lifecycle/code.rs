@@ -60,8 +60,15 @@ impl SandboxManager {
             _ => {}
         }
         check_timeout(req.timeout_s)?;
+        validate::env(&req.env)?;
         let (rec, _, agent) = self.running(id_or_name).await?;
-        let events = agent.run_code(req).await?;
+        // A run without a context may create the language's default context: it gets the
+        // sandbox's environment, as a process would.
+        let context_env = match req.context_id {
+            None => self.process_env(&rec).await,
+            Some(_) => Default::default(),
+        };
+        let events = agent.run_code(req, context_env).await?;
         // Every event counts as activity for the idle timeout.
         let this = self.clone();
         let id = rec.id;
@@ -75,8 +82,13 @@ impl SandboxManager {
     ) -> Result<CodeContext, LifecycleError> {
         check_language(&req.language)?;
         validate::env(&req.env)?;
-        let (_, _, agent) = self.running(id_or_name).await?;
-        Ok(agent.create_context(req).await?)
+        let (rec, _, agent) = self.running(id_or_name).await?;
+        // The sandbox's environment (variables, secrets) under the context's own.
+        let mut env = self.process_env(&rec).await;
+        env.extend(req.env);
+        Ok(agent
+            .create_context(CreateContextRequest { env, ..req })
+            .await?)
     }
 
     pub async fn list_contexts(
@@ -123,7 +135,8 @@ impl SandboxManager {
                 "exactly one of code and path is required".into(),
             ));
         }
-        let (_, _, agent) = self.running(id_or_name).await?;
-        Ok(agent.invoke(req).await?)
+        let (rec, _, agent) = self.running(id_or_name).await?;
+        let env = self.process_env(&rec).await;
+        Ok(agent.invoke(req, env).await?)
     }
 }

@@ -2,6 +2,8 @@
 //! `/code/…` client, mapped to the API types. The agent's wire types and the API types have
 //! the same JSON shape, so they convert through `serde_json::Value`.
 
+use std::collections::BTreeMap;
+
 use futures_util::StreamExt;
 use prism_proto::AgentClient;
 use prism_proto::code as wire;
@@ -41,12 +43,18 @@ pub(super) async fn restart_context(client: &AgentClient, id: String) -> AgentRe
     convert(&client.restart_context(&id).await.map_err(map_err)?)
 }
 
-pub(super) async fn run_code(client: &AgentClient, req: RunCodeRequest) -> AgentResult<CodeEvents> {
+pub(super) async fn run_code(
+    client: &AgentClient,
+    req: RunCodeRequest,
+    context_env: BTreeMap<String, String>,
+) -> AgentResult<CodeEvents> {
     let wire = wire::RunCode {
         code: req.code,
         context_id: req.context_id,
         language: req.language,
         timeout_s: req.timeout_s,
+        envs: req.env,
+        context_envs: context_env,
     };
     let events = client.run_code(&wire).await.map_err(map_err)?;
     Ok(events
@@ -57,7 +65,12 @@ pub(super) async fn run_code(client: &AgentClient, req: RunCodeRequest) -> Agent
         .boxed())
 }
 
-pub(super) async fn invoke(client: &AgentClient, req: InvokeRequest) -> AgentResult<InvokeResult> {
-    let wire: wire::Invoke = convert(&req)?;
+pub(super) async fn invoke(
+    client: &AgentClient,
+    req: InvokeRequest,
+    env: BTreeMap<String, String>,
+) -> AgentResult<InvokeResult> {
+    let mut wire: wire::Invoke = convert(&req)?;
+    wire.envs = env;
     convert(&client.invoke(&wire).await.map_err(map_err)?)
 }

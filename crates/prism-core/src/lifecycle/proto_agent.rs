@@ -185,14 +185,16 @@ impl Agent for ProtoAgent {
     fn run_code(
         &self,
         req: prism_types::code::RunCodeRequest,
+        context_env: std::collections::BTreeMap<String, String>,
     ) -> BoxFuture<'_, AgentResult<super::agent::CodeEvents>> {
-        super::code_agent::run_code(&self.client, req).boxed()
+        super::code_agent::run_code(&self.client, req, context_env).boxed()
     }
     fn invoke(
         &self,
         req: prism_types::code::InvokeRequest,
+        env: std::collections::BTreeMap<String, String>,
     ) -> BoxFuture<'_, AgentResult<prism_types::code::InvokeResult>> {
-        super::code_agent::invoke(&self.client, req).boxed()
+        super::code_agent::invoke(&self.client, req, env).boxed()
     }
 
     fn open_port(&self, port: u16) -> BoxFuture<'_, AgentResult<super::agent::PortTunnel>> {

@@ -106,12 +106,6 @@ struct ExecuteRequest {
 
 async fn execute(st: &AppState, id: &str, req: Request) -> E2bResult<Response> {
     let req: ExecuteRequest = body_json(req).await?;
-    if req.env_vars.as_ref().is_some_and(|e| !e.is_empty()) {
-        return Err(E2bError::bad_request(
-            "envs on run_code are not supported by Prism: pass envs when creating the sandbox \
-             or set them in the code",
-        ));
-    }
     let run = RunCodeRequest {
         code: req.code,
         language: match (&req.context_id, req.language.as_deref()) {
@@ -120,6 +114,7 @@ async fn execute(st: &AppState, id: &str, req: Request) -> E2bResult<Response> {
         },
         context_id: req.context_id,
         timeout_s: None,
+        env: req.env_vars.unwrap_or_default(),
     };
     // The context that runs the code: the named one, or the language's default context.
     let context = match (&run.context_id, &run.language) {

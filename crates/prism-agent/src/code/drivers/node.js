@@ -127,6 +127,15 @@ async function invoke(msg) {
   } catch (e) { send(errorEvent(e)); return 'error'; }
 }
 
+// Runs fn() with env in process.env (so also in the processes it starts), then puts back what
+// was there before (or deletes the names that were not set).
+async function withEnv(env, fn) {
+  const saved = Object.keys(env || {}).map((k) => [k, Object.prototype.hasOwnProperty.call(process.env, k) ? process.env[k] : undefined]);
+  for (const [k] of saved) process.env[k] = String(env[k]);
+  try { return await fn(); } finally {
+    for (const [k, v] of saved) { if (v === undefined) delete process.env[k]; else process.env[k] = v; }
+  }
+}
 let queue = Promise.resolve();
 let buf = '';
 sock.on('data', (chunk) => {
@@ -139,7 +148,7 @@ sock.on('data', (chunk) => {
       let status = 'error';
       try {
         const msg = JSON.parse(line);
-        if (msg.type === 'run') status = await run(msg.code || '');
+        if (msg.type === 'run') status = await withEnv(msg.env, () => run(msg.code || ''));
         else if (msg.type === 'invoke') status = await invoke(msg);
         else send({ type: 'error', name: 'ProtocolError', value: `unknown command ${msg.type}`, traceback: '' });
       } catch (e) { send(errorEvent(e)); }

@@ -1,7 +1,8 @@
 # Prism code-context driver for Python (and, with --shell, for bash). Written by prism-agent
 # into the sandbox and started once per context. Protocol: JSON lines over fd 0, a unix socket
-# shared with the agent. Commands: {"type":"run","code"} and {"type":"invoke","code"|"path",
-# "handler","event"}. Events: stdout, stderr, result, display, error, end.
+# shared with the agent. Commands: {"type":"run","code","env"} and {"type":"invoke",
+# "code"|"path","handler","event"}. Events: stdout, stderr, result, display, error, end.
+# A run's "env" is set for that run only and restored afterwards.
 import ast, asyncio, base64, inspect, io, json, linecache, os, re, signal, socket, sys
 import threading, traceback
 
@@ -157,6 +158,21 @@ def _run(code):
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
+def _with_env(env, fn):
+    """Calls fn() with env in os.environ (so also in the processes it starts), then puts back
+    what was there before (or removes the names that were not set)."""
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        return fn()
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def _invoke(msg):
     handler = msg.get("handler") or "handler"
     if not _IDENT.match(handler):
@@ -238,14 +254,38 @@ class _Shell:
                 buf = buf[keep:]
                 break
 
-    def run(self, code):
+    def _env_files(self, env):
+        """Two scripts around a cell: one exports env (remembering what each name held), one
+        puts the old values back (or unsets the names that were not set)."""
+        import shlex
+        pre, post = [], []
+        for k, v in env.items():
+            if not _IDENT.match(k):
+                raise ValueError("invalid environment variable name %r" % k)
+            pre.append('if [ -n "${%s+x}" ]; then __prism_o_%s=$%s; else unset __prism_o_%s; fi; '
+                       'export %s=%s' % (k, k, k, k, k, shlex.quote(v)))
+            post.append('if [ -n "${__prism_o_%s+x}" ]; then %s=$__prism_o_%s; '
+                        'unset __prism_o_%s; else unset %s; fi' % (k, k, k, k, k))
+        paths = []
+        for name, lines in (("pre.sh", pre), ("post.sh", post)):
+            paths.append(os.path.join(self._dir, name))
+            with open(paths[-1], "w") as f:
+                f.write("\n".join(lines) + "\n")
+        return paths
+
+    def run(self, code, env):
         global _count
         _count += 1
         path = os.path.join(self._dir, "cell.sh")
         with open(path, "w") as f:
             f.write(code + "\n")
+        try:
+            pre, post = self._env_files(env)
+        except ValueError as e:
+            _send({"type": "error", "name": "ValueError", "value": str(e), "traceback": ""})
+            return "error"
         m = "printf '\\037PRISM-END-%d\\037' \"$__prism_rc\""
-        line = ". %s </dev/null; __prism_rc=$?; %s; %s >&2\n" % (path, m, m)
+        line = ". %s; . %s </dev/null; __prism_rc=$?; . %s; %s; %s >&2\n" % (pre, path, post, m, m)
         self.proc.stdin.write(line.encode())
         self.proc.stdin.flush()
         rc, seen, interrupted = 0, 0, False
@@ -295,7 +335,11 @@ def main():
             msg = json.loads(line)
             kind = msg.get("type")
             if kind == "run":
-                status = shell.run(msg.get("code", "")) if shell else _run(msg.get("code", ""))
+                code, env = msg.get("code", ""), msg.get("env") or {}
+                if shell:
+                    status = shell.run(code, env)
+                else:
+                    status = _with_env(env, lambda: _run(code))
             elif kind == "invoke" and shell is None:
                 status = _invoke(msg)
             else:
