@@ -145,16 +145,16 @@ fn bind(path: &std::path::Path) -> anyhow::Result<UnixListener> {
 /// Takes ownership of an inherited fd: the agent keeps a close-on-exec duplicate and the
 /// original number is closed (0/1/2 are pointed at /dev/null), so no child inherits it.
 fn take_fd(fd: i32) -> anyhow::Result<OwnedFd> {
-    let devnull = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/null")?;
     if fd > 2 {
         // Move it onto stdin, where std lends it to us safely; then close the original.
         nix::unistd::dup2(fd, 0).context("dup2")?;
         nix::unistd::close(fd).context("close")?;
         return take_fd(0);
     }
+    let devnull = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")?;
     let owned = match fd {
         0 => std::io::stdin().as_fd().try_clone_to_owned()?,
         1 => std::io::stdout().as_fd().try_clone_to_owned()?,
