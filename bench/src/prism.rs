@@ -67,6 +67,8 @@ pub fn create_exec_destroy(
         ..Default::default()
     };
     let (mut total, mut start, mut exec, mut destroy) = (vec![], vec![], vec![], vec![]);
+    let agent_stats = std::env::var_os(AGENT_STATS).is_some();
+    let (mut agent_cpu, mut agent_faults) = (vec![], vec![]);
     for i in 0..warmup + iterations {
         let id = format!("bench-{i}");
         let spec = SandboxSpec {
@@ -79,6 +81,8 @@ pub fn create_exec_destroy(
         let t0 = Instant::now();
         let handle = runtime.start(&spec)?;
         let t1 = Instant::now();
+        // The agent has exec'd when start returns (the launch waits for it).
+        let before = agent_stats.then(|| task_stats(handle.pid)).flatten();
         let client = AgentClient::new(&handle.agent_socket);
         let code = rt
             .block_on(async {
@@ -96,6 +100,14 @@ pub fn create_exec_destroy(
             bail!("/bin/true in the sandbox ended with {code:?}");
         }
         let t2 = Instant::now();
+        if let (Some((cpu0, faults0)), Some((cpu1, faults1))) = (before, task_stats(handle.pid))
+            && i >= warmup
+        {
+            agent_cpu.push(cpu1.saturating_sub(cpu0));
+            agent_faults.push(faults1.saturating_sub(faults0));
+        }
+        // Destroy is timed from here, without the reads.
+        let t2d = if agent_stats { Instant::now() } else { t2 };
         runtime.destroy(&id)?;
         if settled && !runtime.settle(SETTLE) {
             bail!("the teardown of {id} did not finish in {SETTLE:?}");
@@ -105,10 +117,10 @@ pub fn create_exec_destroy(
             f(i >= warmup)?;
         }
         if i >= warmup {
-            total.push(t3 - t0);
+            total.push(t3 - t0 - (t2d - t2));
             start.push(t1 - t0);
             exec.push(t2 - t1);
-            destroy.push(t3 - t2);
+            destroy.push(t3 - t2d);
         }
     }
     if !runtime.settle(SETTLE) {
@@ -121,8 +133,39 @@ pub fn create_exec_destroy(
     } else {
         "destroy"
     };
-    Ok((
-        total,
-        vec![("start", start), ("first exec", exec), (last, destroy)],
-    ))
+    let mut parts = vec![("start", start), ("first exec", exec), (last, destroy)];
+    if agent_stats {
+        agent_faults.sort_unstable();
+        println!(
+            "agent page faults from its exec to the first exec's end: p50 {} (n = {})",
+            agent_faults
+                .get(agent_faults.len() / 2)
+                .copied()
+                .unwrap_or_default(),
+            agent_faults.len()
+        );
+        parts.push(("agent CPU to the first exec's end", agent_cpu));
+    }
+    Ok((total, parts))
+}
+
+/// Set (to anything) to also read the agent's CPU time and page faults from /proc, from just
+/// after its exec to the end of the first exec. The read at the start of the first exec
+/// (~0.05 ms) then counts in that row; destroy is timed without the second read.
+const AGENT_STATS: &str = "PRISM_BENCH_AGENT_STATS";
+
+/// A task's CPU time (`/proc/PID/schedstat`) and minor page faults (`/proc/PID/stat`).
+fn task_stats(pid: u32) -> Option<(Duration, u64)> {
+    let sched = std::fs::read_to_string(format!("/proc/{pid}/schedstat")).ok()?;
+    let cpu_ns: u64 = sched.split_whitespace().next()?.parse().ok()?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command's closing parenthesis: state is the first, minflt the eighth.
+    let minflt: u64 = stat
+        .rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(7)?
+        .parse()
+        .ok()?;
+    Some((Duration::from_nanos(cpu_ns), minflt))
 }

@@ -7,11 +7,13 @@
 //! one (development and tests). See README.md for the protocol and user selection.
 #![forbid(unsafe_code)]
 
+mod args;
 mod code;
 mod env;
 mod fdio;
 mod files;
 mod fsops;
+mod log;
 mod paths;
 mod ports;
 mod process;
@@ -21,41 +23,33 @@ mod users;
 mod watch;
 
 use std::os::fd::{AsFd, OwnedFd};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::Parser;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::UnixListener;
 use tokio::signal::unix::{SignalKind, signal};
 
-/// Command line.
-#[derive(Debug, Parser)]
-#[command(name = "prism-agent", version, about = "The in-sandbox agent of Prism")]
-struct Args {
-    /// Serve on this inherited, already listening unix socket fd (0 is best: see README).
-    #[arg(long, conflicts_with = "listen", required_unless_present = "listen")]
-    listen_fd: Option<i32>,
-    /// Bind and serve on this unix socket path.
-    #[arg(long)]
-    listen: Option<PathBuf>,
-    /// Seconds between SIGTERM and SIGKILL for running processes at shutdown.
-    #[arg(long, default_value_t = 5)]
-    shutdown_grace_secs: u64,
-}
-
 fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_env("PRISM_AGENT_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    let args = match args::parse(std::env::args_os().skip(1)) {
+        Ok(args::Parsed::Run(a)) => a,
+        Ok(args::Parsed::Help) => {
+            print!("{}", args::USAGE);
+            return Ok(());
+        }
+        Ok(args::Parsed::Version) => {
+            println!("prism-agent {}", env!("CARGO_PKG_VERSION"));
+            return Ok(());
+        }
+        Err(e) => {
+            eprintln!("prism-agent: {e}\n\n{}", args::USAGE);
+            std::process::exit(2);
+        }
+    };
+    log::init();
     // Sandbox code runs as the same (namespace) root as the agent: without this it could
     // ptrace the agent or read its memory and fds through /proc/1.
     if let Err(error) = prism_sys::proc::set_undumpable() {
@@ -75,7 +69,7 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(run(args))
 }
 
-async fn run(args: Args) -> anyhow::Result<()> {
+async fn run(args: args::Args) -> anyhow::Result<()> {
     let listener = match (&args.listen, args.listen_fd) {
         (Some(path), _) => bind(path)?,
         (None, Some(fd)) => {
@@ -151,16 +145,16 @@ fn bind(path: &std::path::Path) -> anyhow::Result<UnixListener> {
 /// Takes ownership of an inherited fd: the agent keeps a close-on-exec duplicate and the
 /// original number is closed (0/1/2 are pointed at /dev/null), so no child inherits it.
 fn take_fd(fd: i32) -> anyhow::Result<OwnedFd> {
-    let devnull = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/null")?;
     if fd > 2 {
         // Move it onto stdin, where std lends it to us safely; then close the original.
         nix::unistd::dup2(fd, 0).context("dup2")?;
         nix::unistd::close(fd).context("close")?;
         return take_fd(0);
     }
+    let devnull = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")?;
     let owned = match fd {
         0 => std::io::stdin().as_fd().try_clone_to_owned()?,
         1 => std::io::stdout().as_fd().try_clone_to_owned()?,

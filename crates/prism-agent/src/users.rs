@@ -11,7 +11,8 @@ pub struct User {
     pub name: String,
     pub uid: u32,
     pub gid: u32,
-    /// Supplementary groups (including the primary one).
+    /// Supplementary groups (including the primary one); just the primary one for the agent's
+    /// own uid/gid, which never changes identity.
     pub groups: Vec<u32>,
     pub home: PathBuf,
 }
@@ -50,18 +51,16 @@ impl Accounts {
                 ));
             }
         };
-        let mut groups = vec![gid];
-        let group = std::fs::read_to_string(&self.group).unwrap_or_default();
-        for line in group.lines() {
-            let mut f = line.split(':');
-            let (_, _, id, members) = (f.next(), f.next(), f.next(), f.next().unwrap_or(""));
-            if let Some(id) = id.and_then(|s| s.parse::<u32>().ok())
-                && members.split(',').any(|m| m == name)
-                && !groups.contains(&id)
-            {
-                groups.push(id);
-            }
-        }
+        // Supplementary groups only matter when a process changes identity to this user; the
+        // agent's own user (root, the default of every request) never does, so its requests
+        // do not read /etc/group.
+        let own = rustix::process::geteuid().as_raw() == uid
+            && rustix::process::getegid().as_raw() == gid;
+        let groups = if own {
+            vec![gid]
+        } else {
+            self.groups_of(name, gid)
+        };
         let home = if home.as_os_str().is_empty() {
             PathBuf::from("/")
         } else {
@@ -74,6 +73,23 @@ impl Accounts {
             groups,
             home,
         })
+    }
+
+    /// `gid` and the groups of /etc/group that list `name` as a member.
+    fn groups_of(&self, name: &str, gid: u32) -> Vec<u32> {
+        let mut groups = vec![gid];
+        let group = std::fs::read_to_string(&self.group).unwrap_or_default();
+        for line in group.lines() {
+            let mut f = line.split(':');
+            let (_, _, id, members) = (f.next(), f.next(), f.next(), f.next().unwrap_or(""));
+            if let Some(id) = id.and_then(|s| s.parse::<u32>().ok())
+                && members.split(',').any(|m| m == name)
+                && !groups.contains(&id)
+            {
+                groups.push(id);
+            }
+        }
+        groups
     }
 
     /// Id → name tables, for reporting file owners.
