@@ -10,6 +10,7 @@ mod teardown;
 #[cfg(test)]
 mod tests;
 mod trash;
+mod volatile;
 
 use std::collections::HashMap;
 use std::fs;
@@ -64,6 +65,8 @@ struct Host {
     trash: trash::Trash,
     /// The prepared `/dev` shared by every sandbox (none on a `nodev` state directory).
     dev_skeleton: Option<PathBuf>,
+    /// This boot's id, recorded at each start (see `volatile.rs`).
+    boot_id: String,
 }
 
 fn sys(op: &'static str) -> impl FnOnce(io::Error) -> RuntimeError {
@@ -144,6 +147,7 @@ impl NamespaceRuntime {
         let dev_skeleton = devskel::ensure(&cfg.sandboxes_dir);
         let host = Arc::new(Host {
             dev_skeleton,
+            boot_id: volatile::boot_id(),
             cfg,
             cgroups,
             slots,
@@ -164,22 +168,28 @@ impl NamespaceRuntime {
 
     /// Create the sandbox's directories (first start) and return its id range.
     fn prepare_dirs(&self, spec: &SandboxSpec, dirs: &SandboxDirs) -> Result<IdMap, RuntimeError> {
-        let base = match read_uid_base(dirs) {
-            Some(base) => {
+        let boot = &self.host.boot_id;
+        let (base, recorded_boot) = match read_uid_file(dirs) {
+            Some((base, recorded)) => {
                 self.host.slots.take(base);
-                base
+                (base, Some(recorded))
             }
             None => {
                 let base = self.host.slots.allocate().ok_or(RuntimeError::NoUidRange)?;
                 fs::create_dir_all(&dirs.root).map_err(sys("creating the sandbox directory"))?;
-                fs::write(dirs.uid_file(), base.to_string())
-                    .map_err(sys("recording the id range"))?;
-                base
+                write_uid_file(dirs, base, boot)?;
+                (base, None)
             }
         };
         if dirs.quota {
             disk::ensure_mounted(dirs, spec.limits.disk_bytes.unwrap_or(0), base)
                 .map_err(|e| RuntimeError::StartFailed(error_chain(&e)))?;
+        }
+        if let Some(recorded) = recorded_boot {
+            volatile::reuse(&spec.id, dirs, recorded.as_deref(), boot)?;
+            if recorded.as_deref() != Some(boot.as_str()) {
+                write_uid_file(dirs, base, boot)?;
+            }
         }
         for (i, layer) in spec.rootfs.mounts.iter().enumerate() {
             for j in 0..layer.lowers.len() {
@@ -360,12 +370,22 @@ impl Host {
     }
 }
 
+/// The sandbox's id range and the boot of its last start (`<base>\n<boot id>\n`; files written
+/// before the boot id was recorded hold only the base).
+fn read_uid_file(dirs: &SandboxDirs) -> Option<(u32, Option<String>)> {
+    let text = fs::read_to_string(dirs.uid_file()).ok()?;
+    let mut lines = text.lines();
+    let base = lines.next()?.trim().parse().ok()?;
+    let boot = lines.next().map(|b| b.trim().to_string());
+    Some((base, boot))
+}
+
+fn write_uid_file(dirs: &SandboxDirs, base: u32, boot: &str) -> Result<(), RuntimeError> {
+    fs::write(dirs.uid_file(), format!("{base}\n{boot}\n")).map_err(sys("recording the id range"))
+}
+
 fn read_uid_base(dirs: &SandboxDirs) -> Option<u32> {
-    fs::read_to_string(dirs.uid_file())
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
+    read_uid_file(dirs).map(|(base, _)| base)
 }
 
 /// An error and its sources on one line.
@@ -467,6 +487,7 @@ impl Runtime for NamespaceRuntime {
         self.kill(&handle.id)?;
         let dirs = self.dirs(&handle.id);
         let _ = fs::remove_file(dirs.agent_socket());
+        volatile::settle(&dirs)?;
         disk::unmount(&dirs).map_err(|e| RuntimeError::StartFailed(error_chain(&e)))?;
         Ok(())
     }
