@@ -419,6 +419,38 @@ fn a_sandbox_whose_init_died_starts_again_with_its_writable_layer() {
 }
 
 #[test]
+fn failed_launches_report_their_step_and_leave_the_runtime_usable() {
+    let Some(h) = harness("failed_launch") else {
+        return;
+    };
+    let dumpable = prism_sys::proc::dumpable();
+    // Fails in the parent, while the child waits for its mounts.
+    let mut spec = h.spec("nolower", limits());
+    spec.rootfs.mounts[1].lowers = vec!["/nonexistent-prism-lower".into()];
+    let err = h.runtime.start(&spec).expect_err("missing lower");
+    assert!(err.to_string().contains("idmapped mount"), "{err}");
+    // Fails in the child: a mount point under a regular file.
+    let mut spec = h.spec("badtarget", limits());
+    spec.rootfs.mounts[1].target = "/etc/hostname/usr".into();
+    let err = h
+        .runtime
+        .start(&spec)
+        .expect_err("mount point under a file");
+    assert!(err.to_string().contains("at step"), "{err}");
+    assert!(err.to_string().contains("Not a directory"), "{err}");
+    for id in ["nolower", "badtarget"] {
+        h.runtime.destroy(id).expect("destroy");
+    }
+    assert!(h.runtime.settle(support::SETTLE));
+    // The runtime still starts sandboxes; its process kept its dumpable flag (the child shared
+    // its memory until the exec and changed its credentials).
+    let (_handle, client) = h.start("after", limits());
+    assert_eq!(h.sh(&client, "echo ok").stdout.trim(), "ok");
+    assert_eq!(prism_sys::proc::dumpable(), dumpable);
+    h.destroy("after");
+}
+
+#[test]
 fn bad_commands_get_clear_errors() {
     let Some(h) = harness("bad_input") else {
         return;
