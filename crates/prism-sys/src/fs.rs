@@ -55,15 +55,3 @@ pub fn is_nodev(path: &Path) -> io::Result<bool> {
 pub fn lchown(path: &Path, uid: u32, gid: u32) -> io::Result<()> {
     std::os::unix::fs::lchown(path, Some(uid), Some(gid))
 }
-
-/// `syncfs(2)` on the filesystem holding `path`: write back its dirty data and metadata.
-pub fn syncfs(path: &Path) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let f = File::open(path)?;
-    // SAFETY: syncfs on a valid, open fd; no memory is passed.
-    if unsafe { libc::syncfs(f.as_raw_fd()) } == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}

@@ -10,7 +10,6 @@ mod teardown;
 #[cfg(test)]
 mod tests;
 mod trash;
-mod volatile;
 
 use std::collections::HashMap;
 use std::fs;
@@ -65,8 +64,6 @@ struct Host {
     trash: trash::Trash,
     /// The prepared `/dev` shared by every sandbox (none on a `nodev` state directory).
     dev_skeleton: Option<PathBuf>,
-    /// This boot's id, recorded at each start (see `volatile.rs`).
-    boot_id: String,
 }
 
 fn sys(op: &'static str) -> impl FnOnce(io::Error) -> RuntimeError {
@@ -147,7 +144,6 @@ impl NamespaceRuntime {
         let dev_skeleton = devskel::ensure(&cfg.sandboxes_dir);
         let host = Arc::new(Host {
             dev_skeleton,
-            boot_id: volatile::boot_id(),
             cfg,
             cgroups,
             slots,
@@ -168,28 +164,22 @@ impl NamespaceRuntime {
 
     /// Create the sandbox's directories (first start) and return its id range.
     fn prepare_dirs(&self, spec: &SandboxSpec, dirs: &SandboxDirs) -> Result<IdMap, RuntimeError> {
-        let boot = &self.host.boot_id;
-        let (base, recorded_boot) = match read_uid_file(dirs) {
-            Some((base, recorded)) => {
+        let base = match read_uid_base(dirs) {
+            Some(base) => {
                 self.host.slots.take(base);
-                (base, Some(recorded))
+                base
             }
             None => {
                 let base = self.host.slots.allocate().ok_or(RuntimeError::NoUidRange)?;
                 fs::create_dir_all(&dirs.root).map_err(sys("creating the sandbox directory"))?;
-                write_uid_file(dirs, base, boot)?;
-                (base, None)
+                fs::write(dirs.uid_file(), base.to_string())
+                    .map_err(sys("recording the id range"))?;
+                base
             }
         };
         if dirs.quota {
             disk::ensure_mounted(dirs, spec.limits.disk_bytes.unwrap_or(0), base)
                 .map_err(|e| RuntimeError::StartFailed(error_chain(&e)))?;
-        }
-        if let Some(recorded) = recorded_boot {
-            volatile::reuse(&spec.id, dirs, recorded.as_deref(), boot)?;
-            if recorded.as_deref() != Some(boot.as_str()) {
-                write_uid_file(dirs, base, boot)?;
-            }
         }
         for (i, layer) in spec.rootfs.mounts.iter().enumerate() {
             for j in 0..layer.lowers.len() {
@@ -370,22 +360,12 @@ impl Host {
     }
 }
 
-/// The sandbox's id range and the boot of its last start (`<base>\n<boot id>\n`; files written
-/// before the boot id was recorded hold only the base).
-fn read_uid_file(dirs: &SandboxDirs) -> Option<(u32, Option<String>)> {
-    let text = fs::read_to_string(dirs.uid_file()).ok()?;
-    let mut lines = text.lines();
-    let base = lines.next()?.trim().parse().ok()?;
-    let boot = lines.next().map(|b| b.trim().to_string());
-    Some((base, boot))
-}
-
-fn write_uid_file(dirs: &SandboxDirs, base: u32, boot: &str) -> Result<(), RuntimeError> {
-    fs::write(dirs.uid_file(), format!("{base}\n{boot}\n")).map_err(sys("recording the id range"))
-}
-
 fn read_uid_base(dirs: &SandboxDirs) -> Option<u32> {
-    read_uid_file(dirs).map(|(base, _)| base)
+    fs::read_to_string(dirs.uid_file())
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// An error and its sources on one line.
@@ -487,7 +467,6 @@ impl Runtime for NamespaceRuntime {
         self.kill(&handle.id)?;
         let dirs = self.dirs(&handle.id);
         let _ = fs::remove_file(dirs.agent_socket());
-        volatile::settle(&dirs)?;
         disk::unmount(&dirs).map_err(|e| RuntimeError::StartFailed(error_chain(&e)))?;
         Ok(())
     }

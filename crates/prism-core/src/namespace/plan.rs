@@ -183,13 +183,8 @@ pub fn plan(
                 mode: 0o755,
             });
         }
-        // `volatile`: no sync of the upper filesystem, ever. Without it every overlay unmount
-        // (each sandbox's teardown) runs `syncfs` on the whole host filesystem holding the
-        // writable layers, which cost ~9 ms per overlay here and stalled the next start's
-        // directory work. The price is the marker overlay leaves in the work directory (see
-        // `volatile.rs`): a later mount of the same layer needs it cleared.
         let data = format!(
-            "lowerdir={},upperdir={},workdir={},userxattr,volatile",
+            "lowerdir={},upperdir={},workdir={},userxattr",
             lowers.join(":"),
             overlay_safe(&dirs.upper(i))?,
             overlay_safe(&dirs.work(i))?

@@ -167,7 +167,6 @@ mod tests {
             slots: Slots::default(),
             trash: Trash::new(&sandboxes).expect("trash"),
             dev_skeleton: None,
-            boot_id: String::new(),
             cfg: NamespaceConfig {
                 sandboxes_dir: sandboxes.clone(),
                 agent_path: PathBuf::from("/nonexistent"),
