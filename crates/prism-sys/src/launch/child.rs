@@ -1,5 +1,4 @@
-//! The child side of [`super::launch`]: raw syscalls only, no allocation, no writes outside its
-//! own stack (it shares the daemon's memory until its exec, see `spawn.rs`), never returns.
+//! The child side of [`super::launch`]: raw syscalls only, no allocation, never returns.
 
 use std::os::fd::{AsRawFd, RawFd};
 
@@ -8,6 +7,44 @@ use crate::mount::{AT_EMPTY_PATH, MOVE_MOUNT_F_EMPTY_PATH};
 
 /// At most this many idmapped trees per sandbox.
 pub const MAX_TREES: usize = 128;
+
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// Fork-like `clone3`: returns the child's pid in the parent, 0 in the child, -1 on error.
+///
+/// # Safety
+/// The child shares nothing with the parent but a copy of its memory; it must only make
+/// async-signal-safe calls (see the module docs).
+pub(super) unsafe fn clone3(flags: u64, pidfd: &mut RawFd) -> libc::pid_t {
+    let mut args = CloneArgs {
+        flags,
+        pidfd: pidfd as *mut RawFd as u64,
+        exit_signal: libc::SIGCHLD as u64,
+        ..CloneArgs::default()
+    };
+    // SAFETY: `args` is a valid clone_args of the size we pass; see the function's contract.
+    unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &mut args as *mut CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        ) as libc::pid_t
+    }
+}
 
 /// Report `(step, errno)` to the parent and exit.
 fn fail(sock: RawFd, step: usize, errno: i32) -> ! {
@@ -262,15 +299,12 @@ unsafe fn loopback_up() -> i32 {
 /// The whole child: receive the trees, become the sandbox's root, run the steps, exec.
 ///
 /// # Safety
-/// Must be called only in the child right after the clone (`spawn.rs`).
+/// Must be called only in the child right after [`clone3`].
 pub(super) unsafe fn run(p: &Prepared, sock: RawFd, parent_end: RawFd) -> ! {
     let base = p.steps.len();
     // SAFETY: raw syscalls on fds and buffers prepared before the clone.
     unsafe {
         libc::close(parent_end);
-        // Tell the parent we run (it learns our pid and pidfd from the clone).
-        let hello = 1u8;
-        libc::write(sock, (&hello as *const u8).cast(), super::spawn::HELLO);
         libc::umask(0);
         let mut trees = [-1 as RawFd; MAX_TREES];
         if recv_fds(sock, &mut trees) < 0 {
@@ -315,16 +349,14 @@ pub(super) unsafe fn run(p: &Prepared, sock: RawFd, parent_end: RawFd) -> ! {
         if libc::syscall(libc::SYS_close_range, 4u32, u32::MAX, CLOSE_RANGE_CLOEXEC) != 0 {
             fail(sock, base + 2, errno());
         }
-        // Every signal is blocked since the clone (a handler of the daemon must not run here,
-        // in its memory): reset the handlers, then unblock.
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
         for sig in 1..libc::SIGRTMAX() {
             if sig != libc::SIGKILL && sig != libc::SIGSTOP {
                 libc::signal(sig, libc::SIG_DFL);
             }
         }
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
         libc::umask(0o022);
         if let Some(prog) = &p.hardening.seccomp
             && crate::seccomp::install(prog) != 0

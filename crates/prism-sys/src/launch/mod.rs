@@ -3,9 +3,8 @@
 //! and exec.
 //!
 //! The parent (a thread of the multi-threaded daemon) prepares every string and buffer before the
-//! clone; the child then makes only raw syscalls — no allocation, no locks, no writes outside its
-//! own stack — until `execveat`: it shares the daemon's memory until then (`CLONE_VM`, see
-//! `spawn.rs`), and another thread may hold the allocator's lock at any moment.
+//! clone; the child then makes only raw syscalls — no allocation, no locks — until `execveat`,
+//! because another thread may have held the allocator's lock at the moment of the clone.
 //!
 //! Parent and child talk over a `SOCK_SEQPACKET` pair: the parent sends the idmapped mount trees
 //! (`SCM_RIGHTS`) once the id maps are written and the child is in its cgroup; the child answers
@@ -15,7 +14,6 @@
 mod child;
 mod harden;
 mod prepare;
-mod spawn;
 
 use std::ffi::CString;
 use std::io;
@@ -162,51 +160,34 @@ pub fn launch(
         | libc::CLONE_NEWPID
         | libc::CLONE_NEWUTS
         | libc::CLONE_NEWIPC
-        | libc::CLONE_NEWNET) as u64;
-    spawn::note_dumpable();
-    let stack = spawn::ChildStack::new().map_err(parent_err("mapping the child's stack"))?;
-    let spawned = spawn::Spawned::new();
-    let result = std::thread::scope(|scope| {
-        let helper = spawn::start(
-            scope,
-            &prepared,
-            &stack,
-            &spawned,
-            flags,
-            child_sock,
-            parent_sock.as_raw_fd(),
-        )
-        .map_err(|source| {
-            (
-                None,
-                LaunchError::Parent {
-                    op: "starting the launch thread",
-                    source,
-                },
-            )
-        })?;
-        let started = wait_started(&parent_sock, &spawned);
-        let cloned = t0.elapsed();
-        let outcome = match started {
-            Err(e) => Err(e),
-            Ok(launched) => match parent_side(cfg, launched.pid, &parent_sock, on_spawn) {
-                Ok(t) => Ok((launched, t, cloned)),
-                Err(err) => Err((Some(launched), err)),
-            },
-        };
-        if let Err((Some(l), _)) = &outcome {
-            // Kill the child so that the helper's clone returns.
-            let _ = crate::proc::pidfd_kill(&l.pidfd, libc::SIGKILL);
-        }
-        let _ = helper.join();
-        outcome
-    });
-    spawn::restore_dumpable();
-    match result {
-        Ok((launched, t, cloned)) => {
+        | libc::CLONE_NEWNET) as u64
+        | libc::CLONE_PIDFD as u64;
+    let mut pidfd: RawFd = -1;
+    // SAFETY: clone3 without CLONE_VM and with no stack behaves like fork: the child gets a copy of
+    // this address space and returns 0 here. The child runs only `child::run`, which makes raw
+    // syscalls on memory prepared above and never returns.
+    let pid = unsafe { child::clone3(flags, &mut pidfd) };
+    if pid < 0 {
+        return Err(LaunchError::Parent {
+            op: "clone3",
+            source: io::Error::last_os_error(),
+        });
+    }
+    if pid == 0 {
+        // SAFETY: we are the freshly cloned child; see `child::run`.
+        unsafe { child::run(&prepared, child_sock.as_raw_fd(), parent_sock.as_raw_fd()) }
+    }
+    drop(child_sock);
+    // SAFETY: clone3 stored a new pidfd that nothing else owns.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+    let pid = pid as u32;
+    let launched = Launched { pid, pidfd };
+    let cloned = t0.elapsed();
+    match parent_side(cfg, pid, &parent_sock, on_spawn) {
+        Ok(t) => {
             tracing::debug!(
                 message = "launch timing",
-                pid = launched.pid,
+                pid,
                 clone_us = cloned.as_micros() as u64,
                 maps_us = t[0].as_micros() as u64,
                 cgroup_us = t[1].as_micros() as u64,
@@ -215,59 +196,11 @@ pub fn launch(
             );
             Ok(launched)
         }
-        Err((launched, err)) => {
-            if let Some(l) = launched {
-                let _ = crate::proc::pidfd_wait(&l.pidfd);
-            }
+        Err(err) => {
+            let _ = crate::proc::pidfd_kill(&launched.pidfd, libc::SIGKILL);
+            let _ = crate::proc::pidfd_wait(&launched.pidfd);
             Err(err)
         }
-    }
-}
-
-/// Wait for the child's hello (or the helper's clone error) and take its pid and pidfd.
-fn wait_started(
-    sock: &OwnedFd,
-    spawned: &spawn::Spawned,
-) -> Result<Launched, (Option<Launched>, LaunchError)> {
-    let mut msg = [0u8; 8];
-    // SAFETY: reading into a local buffer of the stated length.
-    let n = unsafe { libc::read(sock.as_raw_fd(), msg.as_mut_ptr().cast(), msg.len()) };
-    let err = |source| {
-        let launched = spawned.take_pidfd().map(|pidfd| Launched { pid: 0, pidfd });
-        Err((
-            launched,
-            LaunchError::Parent {
-                op: "clone3",
-                source,
-            },
-        ))
-    };
-    match n {
-        n if n == spawn::HELLO as isize => {}
-        n if n == spawn::CLONE_FAILED as isize => {
-            let errno = i32::from_ne_bytes([msg[0], msg[1], msg[2], msg[3]]);
-            return err(io::Error::from_raw_os_error(errno));
-        }
-        0 => {
-            return err(io::Error::other(
-                "the sandbox process died before it started",
-            ));
-        }
-        _ => return err(io::Error::last_os_error()),
-    }
-    let pid = spawned.pid.load(std::sync::atomic::Ordering::SeqCst);
-    match spawned.take_pidfd() {
-        Some(pidfd) if pid > 0 => Ok(Launched {
-            pid: pid as u32,
-            pidfd,
-        }),
-        pidfd => Err((
-            pidfd.map(|pidfd| Launched { pid: 0, pidfd }),
-            LaunchError::Parent {
-                op: "clone3",
-                source: io::Error::other("the kernel reported no pid or pidfd"),
-            },
-        )),
     }
 }
 

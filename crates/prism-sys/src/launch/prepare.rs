@@ -68,10 +68,6 @@ pub struct Prepared {
     pub(crate) env_ptrs: Vec<*const libc::c_char>,
 }
 
-// SAFETY: the raw pointers in `argv_ptrs`/`env_ptrs` point into the `CString`s this struct owns
-// and never changes after `new`; sharing it between threads only reads them.
-unsafe impl Sync for Prepared {}
-
 fn path(what: &str, p: &Path) -> Result<CString, LaunchError> {
     cstring(what, p.as_os_str().as_bytes())
 }
