@@ -387,6 +387,53 @@ fn stop_then_start_keeps_the_writable_layer() {
 }
 
 #[test]
+fn a_sandbox_whose_init_died_starts_again_with_its_writable_layer() {
+    let Some(h) = harness("died") else { return };
+    let (handle, client) = h.start("died", limits());
+    assert_eq!(h.sh(&client, "echo kept > /root/f").exit_code, 0);
+    // Killed from outside, no stop.
+    let fd = prism_sys::proc::pidfd_open(handle.pid).expect("pidfd");
+    prism_sys::proc::pidfd_kill(&fd, prism_sys::proc::SIGKILL).expect("kill");
+    assert!(prism_sys::proc::pidfd_wait_exit(&fd, Duration::from_secs(10)).expect("wait"));
+    let handle2 = h
+        .runtime
+        .start(&h.spec("died", limits()))
+        .expect("start again");
+    let client = prism_proto::AgentClient::new(&handle2.agent_socket);
+    assert_eq!(h.sh(&client, "cat /root/f").stdout.trim(), "kept");
+    h.destroy("died");
+}
+
+#[test]
+fn failed_launches_report_their_step_and_leave_the_runtime_usable() {
+    let Some(h) = harness("failed_launch") else {
+        return;
+    };
+    // Fails in the parent, while the child waits for its mounts.
+    let mut spec = h.spec("nolower", limits());
+    spec.rootfs.mounts[1].lowers = vec!["/nonexistent-prism-lower".into()];
+    let err = h.runtime.start(&spec).expect_err("missing lower");
+    assert!(err.to_string().contains("idmapped mount"), "{err}");
+    // Fails in the child: a mount point under a regular file.
+    let mut spec = h.spec("badtarget", limits());
+    spec.rootfs.mounts[1].target = "/etc/hostname/usr".into();
+    let err = h
+        .runtime
+        .start(&spec)
+        .expect_err("mount point under a file");
+    assert!(err.to_string().contains("at step"), "{err}");
+    assert!(err.to_string().contains("Not a directory"), "{err}");
+    for id in ["nolower", "badtarget"] {
+        h.runtime.destroy(id).expect("destroy");
+    }
+    assert!(h.runtime.settle(support::SETTLE));
+    // The runtime still starts sandboxes.
+    let (_handle, client) = h.start("after", limits());
+    assert_eq!(h.sh(&client, "echo ok").stdout.trim(), "ok");
+    h.destroy("after");
+}
+
+#[test]
 fn bad_commands_get_clear_errors() {
     let Some(h) = harness("bad_input") else {
         return;
