@@ -76,21 +76,19 @@ impl ExecSession {
     /// Whether the sandbox's OOM killer fired since the process started.
     pub async fn oom_killed(&self) -> bool {
         self.manager.touch(&self.sandbox_id);
-        oom_since(&self.manager, &self.handle, self.oom_before).await
+        oom_since(&self.manager, &self.handle, self.oom_before)
     }
 }
 
-async fn oom_kills(m: &SandboxManager, handle: &SandboxHandle) -> Option<u64> {
-    let rt = m.inner.runtime.clone();
-    let h = handle.clone();
-    match blocking(move || rt.oom_kills(&h)).await {
-        Ok(Ok(n)) => Some(n),
-        _ => None,
-    }
+/// The sandbox's OOM-kill counter. Read on the calling (async) thread: it is one small read
+/// of a cgroup file (`memory.oom_control` / `memory.events`), cheaper than the two thread
+/// hand-offs of the blocking pool.
+fn oom_kills(m: &SandboxManager, handle: &SandboxHandle) -> Option<u64> {
+    m.inner.runtime.oom_kills(handle).ok()
 }
 
-async fn oom_since(m: &SandboxManager, handle: &SandboxHandle, before: Option<u64>) -> bool {
-    match (before, oom_kills(m, handle).await) {
+fn oom_since(m: &SandboxManager, handle: &SandboxHandle, before: Option<u64>) -> bool {
+    match (before, oom_kills(m, handle)) {
         (Some(b), Some(a)) => a > b,
         _ => false,
     }
@@ -125,10 +123,9 @@ impl SandboxManager {
     ) -> Result<ExecResult, LifecycleError> {
         let (argv, timeout_s) = validate::exec(&req)?;
         let (rec, handle, agent) = self.running(id_or_name).await?;
-        // The OOM counter before the process and the secrets for its environment are read in
-        // parallel (each on the blocking pool).
-        let (mut env, oom_before) = tokio::join!(self.process_env(&rec), oom_kills(self, &handle));
+        let mut env = self.process_env(&rec).await;
         env.extend(req.env.clone());
+        let oom_before = oom_kills(self, &handle);
         let spec = ProcSpec {
             argv,
             env,
@@ -185,7 +182,7 @@ impl SandboxManager {
         result.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         result.stdout = String::from_utf8_lossy(&out).into_owned();
         result.stderr = String::from_utf8_lossy(&err).into_owned();
-        result.oom_killed = oom_since(self, &handle, oom_before).await;
+        result.oom_killed = oom_since(self, &handle, oom_before);
         self.touch(&rec.id);
         Ok(result)
     }
@@ -219,7 +216,7 @@ impl SandboxManager {
             stdin: true,
             tag: None,
         };
-        let oom_before = oom_kills(self, &handle).await;
+        let oom_before = oom_kills(self, &handle);
         let ProcStream { pid, events } = agent.spawn(spec).await?;
         let session = ExecSession {
             pid,
