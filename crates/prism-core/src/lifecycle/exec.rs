@@ -18,6 +18,18 @@ use crate::SandboxHandle;
 
 /// How long a killed process gets to report its end before the exec gives up on it.
 const KILL_GRACE: Duration = Duration::from_secs(5);
+/// How long the end of a process's event stream may trail its end event (see [`drain`]).
+const DRAIN_GRACE: Duration = Duration::from_millis(250);
+
+/// Read a process's event stream to its end after the end event: only a response read to
+/// the end returns its keep-alive connection to the agent pool (dropped earlier, the
+/// connection is closed and the next call opens a new one).
+pub(crate) async fn drain(events: &mut ProcEvents) {
+    let _ = tokio::time::timeout(DRAIN_GRACE, async {
+        while events.next().await.is_some() {}
+    })
+    .await;
+}
 
 /// What `GET files` found at a path.
 #[derive(Debug)]
@@ -176,7 +188,9 @@ impl SandboxManager {
                 }
             }
         }
-        if !ended {
+        if ended {
+            drain(&mut ps.events).await;
+        } else {
             result.exit_code = -1;
         }
         result.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);

@@ -375,8 +375,14 @@ impl SandboxManager {
             };
             if let Ok(mut ps) = agent.spawn(spec).await {
                 while let Some(ev) = ps.events.next().await {
-                    if matches!(ev, Ok(ProcEvent::End { .. }) | Err(_)) {
-                        break;
+                    match ev {
+                        // Read to the end, so the connection stays open for the first exec.
+                        Ok(ProcEvent::End { .. }) => {
+                            super::exec::drain(&mut ps.events).await;
+                            break;
+                        }
+                        Err(_) => break,
+                        Ok(_) => {}
                     }
                 }
             }
