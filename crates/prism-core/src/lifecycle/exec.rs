@@ -352,7 +352,41 @@ impl SandboxManager {
 
 #[cfg(test)]
 mod tests {
-    use super::push_capped;
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use futures_util::{StreamExt, stream};
+
+    use super::{ProcEvent, ProcEvents, drain, push_capped};
+
+    fn counted(
+        n: usize,
+        seen: &Arc<AtomicUsize>,
+    ) -> impl futures_util::Stream<Item = super::super::agent::AgentResult<ProcEvent>> + use<> {
+        let seen = seen.clone();
+        stream::iter((0..n).map(|_| Ok(ProcEvent::Stdout(bytes::Bytes::from_static(b"x")))))
+            .inspect(move |_| {
+                seen.fetch_add(1, Ordering::Relaxed);
+            })
+    }
+
+    #[tokio::test]
+    async fn drain_reads_a_stream_to_its_end() {
+        let seen = Arc::new(AtomicUsize::new(0));
+        let mut events: ProcEvents = counted(3, &seen).boxed();
+        drain(&mut events).await;
+        assert_eq!(seen.load(Ordering::Relaxed), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn drain_gives_up_on_a_stream_that_never_ends() {
+        let seen = Arc::new(AtomicUsize::new(0));
+        let mut events: ProcEvents = counted(2, &seen).chain(stream::pending()).boxed();
+        drain(&mut events).await;
+        assert_eq!(seen.load(Ordering::Relaxed), 2);
+    }
 
     #[test]
     fn capped_buffers_say_when_they_cut() {
