@@ -282,6 +282,8 @@ pub async fn run(cfg: Config, runtime: Arc<dyn Runtime>) -> Result<(), DaemonErr
             message = "some sandbox teardowns did not finish before exit (the janitor finishes them at the next start)"
         );
     }
+    // And those of requests that ended during the shutdown (streams closed by it).
+    shutdown_auth.audit().flush().await;
     Ok(())
 }
 
