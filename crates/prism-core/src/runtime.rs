@@ -129,14 +129,16 @@ pub trait Runtime: Send + Sync + 'static {
     /// A pidfd of the sandbox's PID 1: readable once it has exited.
     fn pidfd(&self, handle: &SandboxHandle) -> Result<OwnedFd, RuntimeError>;
 
-    /// Collect PID 1's exit status if it was our child and has exited (non-blocking).
+    /// Collect PID 1's exit status if it was our child and has exited (non-blocking: a pool
+    /// claim calls it on an async thread).
     fn reap(&self, handle: &SandboxHandle) -> Result<Option<i32>, RuntimeError>;
 
     /// Current usage counters.
     fn stats(&self, handle: &SandboxHandle) -> Result<SandboxStats, RuntimeError>;
 
-    /// [`SandboxStats::oom_kills`] alone: read before and after every exec, so it must be
-    /// cheap (the full [`Runtime::stats`] also walks the writable layer for its disk usage).
+    /// [`SandboxStats::oom_kills`] alone: read before and after every exec, on the async
+    /// thread of the request, so it must be cheap and must not block (the full
+    /// [`Runtime::stats`] also walks the writable layer for its disk usage).
     fn oom_kills(&self, handle: &SandboxHandle) -> Result<u64, RuntimeError> {
         self.stats(handle).map(|s| s.oom_kills)
     }

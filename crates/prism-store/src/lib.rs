@@ -149,6 +149,13 @@ pub trait Store: Send + Sync + 'static {
     /// Record by exact id, else by the exact name of a sandbox that is not destroyed.
     fn find(&self, id_or_name: &str) -> Result<Option<SandboxRecord>, StoreError>;
 
+    /// What [`Store::find`] would return, when the store can tell from memory alone (no I/O,
+    /// never blocks on a write); `None` means "ask `find`". For callers on async threads.
+    fn find_cached(&self, id_or_name: &str) -> Option<SandboxRecord> {
+        let _ = id_or_name;
+        None
+    }
+
     /// Records in id order.
     fn list(&self, filter: &ListFilter) -> Result<Vec<SandboxRecord>, StoreError>;
 

@@ -121,9 +121,14 @@ pub enum Durability {
     Disk,
 }
 
-/// The SQLite store.
+/// The SQLite store. Hot rows (live sandbox records, their owners, project secrets) are also
+/// kept in memory, written through on every change ([`cache`]); `*_cached` calls answer from
+/// memory only and never block on I/O. One store per database file: writes by another
+/// process or store over the same file would not be seen (prismd holds its state directory's
+/// lock).
 pub struct SqliteStore {
     conn: Mutex<Connection>,
+    cache: cache::Cache,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -184,6 +189,7 @@ impl SqliteStore {
         .map_err(sql("pragmas"))?;
         let store = SqliteStore {
             conn: Mutex::new(conn),
+            cache: cache::Cache::default(),
         };
         store.migrate()?;
         Ok(store)
@@ -211,6 +217,18 @@ impl SqliteStore {
         lock(&self.conn)
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .map_err(sql("user_version"))
+    }
+}
+
+impl SqliteStore {
+    /// Decode a row and keep it in the cache. Called while the caller still holds the
+    /// connection's lock, so no write can slip in between the read and the fill.
+    fn fill(&self, raw: Option<RawRow>) -> Result<Option<SandboxRecord>, StoreError> {
+        let rec = raw.map(RawRow::into_record).transpose()?;
+        if let Some(r) = &rec {
+            self.cache.put(r, None);
+        }
+        Ok(rec)
     }
 }
 
@@ -322,18 +340,20 @@ fn clash(rec: &SandboxRecord, op: &'static str) -> impl FnOnce(rusqlite::Error) 
 }
 
 fn insert_event(tx: &rusqlite::Transaction<'_>, ev: &Event) -> Result<(), StoreError> {
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO events (sandbox_id, at, kind, from_state, to_state, message) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![
+    )
+    .and_then(|mut st| {
+        st.execute(params![
             ev.sandbox_id,
             ev.at_ms,
             ev.kind,
             ev.from_state.map(SandboxState::as_str),
             ev.to_state.map(SandboxState::as_str),
             ev.message
-        ],
-    )
+        ])
+    })
     .map_err(sql("insert event"))?;
     Ok(())
 }
@@ -343,12 +363,12 @@ impl Store for SqliteStore {
         let enc = encode(rec)?;
         let mut conn = lock(&self.conn);
         let tx = conn.transaction().map_err(sql("begin"))?;
-        tx.execute(
-            &format!(
-                "INSERT INTO sandboxes ({COLUMNS}) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
-            ),
-            params![
+        tx.prepare_cached(&format!(
+            "INSERT INTO sandboxes ({COLUMNS}) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
+        ))
+        .and_then(|mut st| {
+            st.execute(params![
                 rec.id,
                 rec.name,
                 rec.state.as_str(),
@@ -363,8 +383,8 @@ impl Store for SqliteStore {
                 rec.expires_at_ms,
                 rec.exit_code,
                 rec.error
-            ],
-        )
+            ])
+        })
         .map_err(clash(rec, "insert"))?;
         insert_event(
             &tx,
@@ -377,29 +397,37 @@ impl Store for SqliteStore {
                 message: String::new(),
             },
         )?;
-        tx.commit().map_err(sql("commit"))
+        // The owner row, if any (none for a fresh id; read so the cache never guesses).
+        let owner: Option<String> = tx
+            .prepare_cached("SELECT project FROM sandbox_owners WHERE sandbox_id = ?1")
+            .and_then(|mut st| st.query_row([&rec.id], |r| r.get(0)).optional())
+            .map_err(sql("get owner"))?;
+        tx.commit().map_err(sql("commit"))?;
+        self.cache.put(rec, Some(owner));
+        Ok(())
     }
 
     fn update(&self, rec: &SandboxRecord, message: &str) -> Result<(), StoreError> {
         let enc = encode(rec)?;
         let mut conn = lock(&self.conn);
         let tx = conn.transaction().map_err(sql("begin"))?;
-        let old: Option<String> = tx
-            .query_row(
-                "SELECT state FROM sandboxes WHERE id = ?1",
-                [&rec.id],
-                |r| r.get(0),
-            )
-            .optional()
+        let old: Option<(String, i64)> = tx
+            .prepare_cached("SELECT state, created_at FROM sandboxes WHERE id = ?1")
+            .and_then(|mut st| {
+                st.query_row([&rec.id], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()
+            })
             .map_err(sql("read state"))?;
-        let Some(old) = old else {
+        let Some((old, created_at_ms)) = old else {
             return Err(StoreError::NotFound(rec.id.clone()));
         };
-        tx.execute(
+        tx.prepare_cached(
             "UPDATE sandboxes SET name = ?2, state = ?3, template = ?4, spec = ?5, handle = ?6, \
              labels = ?7, runtime = ?8, updated_at = ?9, started_at = ?10, expires_at = ?11, \
              exit_code = ?12, error = ?13 WHERE id = ?1",
-            params![
+        )
+        .and_then(|mut st| {
+            st.execute(params![
                 rec.id,
                 rec.name,
                 rec.state.as_str(),
@@ -413,8 +441,8 @@ impl Store for SqliteStore {
                 rec.expires_at_ms,
                 rec.exit_code,
                 rec.error
-            ],
-        )
+            ])
+        })
         .map_err(clash(rec, "update"))?;
         let old_state = SandboxState::parse(&old);
         if old_state != Some(rec.state) {
@@ -430,38 +458,49 @@ impl Store for SqliteStore {
                 },
             )?;
         }
-        tx.commit().map_err(sql("commit"))
+        tx.commit().map_err(sql("commit"))?;
+        // The cache holds the row as stored (an update never changes the creation time).
+        self.cache.put(
+            &SandboxRecord {
+                created_at_ms,
+                ..rec.clone()
+            },
+            None,
+        );
+        Ok(())
     }
 
     fn get(&self, id: &str) -> Result<Option<SandboxRecord>, StoreError> {
+        if let Some(rec) = self.cache.get(id) {
+            return Ok(Some(rec));
+        }
         let conn = lock(&self.conn);
         let raw = conn
-            .query_row(
-                &format!("SELECT {COLUMNS} FROM sandboxes WHERE id = ?1"),
-                [id],
-                raw_row,
-            )
-            .optional()
+            .prepare_cached(&format!("SELECT {COLUMNS} FROM sandboxes WHERE id = ?1"))
+            .and_then(|mut st| st.query_row([id], raw_row).optional())
             .map_err(sql("get"))?;
-        raw.map(RawRow::into_record).transpose()
+        self.fill(raw)
     }
 
     fn find(&self, id_or_name: &str) -> Result<Option<SandboxRecord>, StoreError> {
+        if let Some(rec) = self.cache.find(id_or_name) {
+            return Ok(Some(rec));
+        }
         if let Some(rec) = self.get(id_or_name)? {
             return Ok(Some(rec));
         }
         let conn = lock(&self.conn);
         let raw = conn
-            .query_row(
-                &format!(
-                    "SELECT {COLUMNS} FROM sandboxes WHERE name = ?1 AND state != 'destroyed'"
-                ),
-                [id_or_name],
-                raw_row,
-            )
-            .optional()
+            .prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM sandboxes WHERE name = ?1 AND state != 'destroyed'"
+            ))
+            .and_then(|mut st| st.query_row([id_or_name], raw_row).optional())
             .map_err(sql("find"))?;
-        raw.map(RawRow::into_record).transpose()
+        self.fill(raw)
+    }
+
+    fn find_cached(&self, id_or_name: &str) -> Option<SandboxRecord> {
+        self.cache.find(id_or_name)
     }
 
     fn list(&self, filter: &ListFilter) -> Result<Vec<SandboxRecord>, StoreError> {
@@ -572,6 +611,7 @@ impl Store for SqliteStore {
 }
 
 mod auth;
+mod cache;
 mod templates;
 
 #[cfg(test)]

@@ -13,4 +13,5 @@ pub mod loopdev;
 pub mod mount;
 pub mod netns;
 pub mod proc;
+pub mod sched;
 pub mod seccomp;

@@ -235,6 +235,7 @@ pub async fn run(cfg: Config, runtime: Arc<dyn Runtime>) -> Result<(), DaemonErr
     };
 
     let shutdown_manager = manager.clone();
+    let shutdown_auth = auth.clone();
     let state = AppState {
         manager,
         ready,
@@ -267,6 +268,8 @@ pub async fn run(cfg: Config, runtime: Arc<dyn Runtime>) -> Result<(), DaemonErr
         }
     }
     stop.cancel();
+    // The audit records of every request answered are written before the daemon exits.
+    shutdown_auth.audit().flush().await;
     let _ = bg.await;
     shutdown_manager.close_pools().await;
     if cfg.stop_sandboxes_on_shutdown {
@@ -279,6 +282,8 @@ pub async fn run(cfg: Config, runtime: Arc<dyn Runtime>) -> Result<(), DaemonErr
             message = "some sandbox teardowns did not finish before exit (the janitor finishes them at the next start)"
         );
     }
+    // And those of requests that ended during the shutdown (streams closed by it).
+    shutdown_auth.audit().flush().await;
     Ok(())
 }
 

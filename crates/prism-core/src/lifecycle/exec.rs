@@ -18,6 +18,18 @@ use crate::SandboxHandle;
 
 /// How long a killed process gets to report its end before the exec gives up on it.
 const KILL_GRACE: Duration = Duration::from_secs(5);
+/// How long the end of a process's event stream may trail its end event (see [`drain`]).
+const DRAIN_GRACE: Duration = Duration::from_millis(250);
+
+/// Read a process's event stream to its end after the end event: only a response read to
+/// the end returns its keep-alive connection to the agent pool (dropped earlier, the
+/// connection is closed and the next call opens a new one).
+pub(crate) async fn drain(events: &mut ProcEvents) {
+    let _ = tokio::time::timeout(DRAIN_GRACE, async {
+        while events.next().await.is_some() {}
+    })
+    .await;
+}
 
 /// What `GET files` found at a path.
 #[derive(Debug)]
@@ -76,21 +88,19 @@ impl ExecSession {
     /// Whether the sandbox's OOM killer fired since the process started.
     pub async fn oom_killed(&self) -> bool {
         self.manager.touch(&self.sandbox_id);
-        oom_since(&self.manager, &self.handle, self.oom_before).await
+        oom_since(&self.manager, &self.handle, self.oom_before)
     }
 }
 
-async fn oom_kills(m: &SandboxManager, handle: &SandboxHandle) -> Option<u64> {
-    let rt = m.inner.runtime.clone();
-    let h = handle.clone();
-    match blocking(move || rt.oom_kills(&h)).await {
-        Ok(Ok(n)) => Some(n),
-        _ => None,
-    }
+/// The sandbox's OOM-kill counter. Read on the calling (async) thread: it is one small read
+/// of a cgroup file (`memory.oom_control` / `memory.events`), cheaper than the two thread
+/// hand-offs of the blocking pool.
+fn oom_kills(m: &SandboxManager, handle: &SandboxHandle) -> Option<u64> {
+    m.inner.runtime.oom_kills(handle).ok()
 }
 
-async fn oom_since(m: &SandboxManager, handle: &SandboxHandle, before: Option<u64>) -> bool {
-    match (before, oom_kills(m, handle).await) {
+fn oom_since(m: &SandboxManager, handle: &SandboxHandle, before: Option<u64>) -> bool {
+    match (before, oom_kills(m, handle)) {
         (Some(b), Some(a)) => a > b,
         _ => false,
     }
@@ -125,10 +135,9 @@ impl SandboxManager {
     ) -> Result<ExecResult, LifecycleError> {
         let (argv, timeout_s) = validate::exec(&req)?;
         let (rec, handle, agent) = self.running(id_or_name).await?;
-        // The OOM counter before the process and the secrets for its environment are read in
-        // parallel (each on the blocking pool).
-        let (mut env, oom_before) = tokio::join!(self.process_env(&rec), oom_kills(self, &handle));
+        let mut env = self.process_env(&rec).await;
         env.extend(req.env.clone());
+        let oom_before = oom_kills(self, &handle);
         let spec = ProcSpec {
             argv,
             env,
@@ -179,13 +188,15 @@ impl SandboxManager {
                 }
             }
         }
-        if !ended {
+        if ended {
+            drain(&mut ps.events).await;
+        } else {
             result.exit_code = -1;
         }
         result.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         result.stdout = String::from_utf8_lossy(&out).into_owned();
         result.stderr = String::from_utf8_lossy(&err).into_owned();
-        result.oom_killed = oom_since(self, &handle, oom_before).await;
+        result.oom_killed = oom_since(self, &handle, oom_before);
         self.touch(&rec.id);
         Ok(result)
     }
@@ -219,7 +230,7 @@ impl SandboxManager {
             stdin: true,
             tag: None,
         };
-        let oom_before = oom_kills(self, &handle).await;
+        let oom_before = oom_kills(self, &handle);
         let ProcStream { pid, events } = agent.spawn(spec).await?;
         let session = ExecSession {
             pid,
@@ -341,7 +352,41 @@ impl SandboxManager {
 
 #[cfg(test)]
 mod tests {
-    use super::push_capped;
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use futures_util::{StreamExt, stream};
+
+    use super::{ProcEvent, ProcEvents, drain, push_capped};
+
+    fn counted(
+        n: usize,
+        seen: &Arc<AtomicUsize>,
+    ) -> impl futures_util::Stream<Item = super::super::agent::AgentResult<ProcEvent>> + use<> {
+        let seen = seen.clone();
+        stream::iter((0..n).map(|_| Ok(ProcEvent::Stdout(bytes::Bytes::from_static(b"x")))))
+            .inspect(move |_| {
+                seen.fetch_add(1, Ordering::Relaxed);
+            })
+    }
+
+    #[tokio::test]
+    async fn drain_reads_a_stream_to_its_end() {
+        let seen = Arc::new(AtomicUsize::new(0));
+        let mut events: ProcEvents = counted(3, &seen).boxed();
+        drain(&mut events).await;
+        assert_eq!(seen.load(Ordering::Relaxed), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn drain_gives_up_on_a_stream_that_never_ends() {
+        let seen = Arc::new(AtomicUsize::new(0));
+        let mut events: ProcEvents = counted(2, &seen).chain(stream::pending()).boxed();
+        drain(&mut events).await;
+        assert_eq!(seen.load(Ordering::Relaxed), 2);
+    }
 
     #[test]
     fn capped_buffers_say_when_they_cut() {

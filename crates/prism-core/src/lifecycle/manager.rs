@@ -211,8 +211,12 @@ impl SandboxManager {
         m.lock_owned().await
     }
 
-    /// The record of `id_or_name`.
+    /// The record of `id_or_name`: from the store's memory when it has it (no thread
+    /// hand-off), else read on the blocking pool.
     pub(crate) async fn record(&self, id_or_name: &str) -> Result<SandboxRecord, LifecycleError> {
+        if let Some(rec) = self.inner.store.find_cached(id_or_name) {
+            return Ok(rec);
+        }
         let key = id_or_name.to_string();
         self.store(move |s| s.find(&key))
             .await?

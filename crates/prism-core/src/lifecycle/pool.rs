@@ -30,6 +30,9 @@ const HEALTH_TIMEOUT: Duration = Duration::from_secs(10);
 /// the replacement's start (milliseconds of CPU) does not compete with the claimed sandbox's
 /// first requests.
 const REFILL_DELAY: Duration = Duration::from_millis(25);
+/// Nice value of a member's start (the launch and the agent's start-up); the member's agent
+/// is set back to 0 once started.
+const REFILL_NICE: i32 = 10;
 
 /// One pool's configuration: sandboxes of `template` with `resources`, `size` kept warm.
 #[derive(Debug, Clone, PartialEq)]
@@ -224,10 +227,9 @@ impl SandboxManager {
     /// A live member fitting `spec`, if any; dead members met on the way are destroyed.
     pub(crate) async fn claim(&self, spec: &CreateSandboxRequest) -> Option<Member> {
         while let Some(m) = self.inner.pools.take(spec) {
-            let rt = self.inner.runtime.clone();
-            let h = m.handle.clone();
-            match blocking(move || rt.reap(&h)).await {
-                Ok(Ok(None)) => return Some(m),
+            // A non-blocking wait on the member's pidfd: made here, not on the blocking pool.
+            match self.inner.runtime.reap(&m.handle) {
+                Ok(None) => return Some(m),
                 other => {
                     tracing::warn!(message = "discarding a dead pool member", sandbox_id = %m.id, ?other);
                     self.destroy_members(vec![m]).await;
@@ -348,10 +350,16 @@ impl SandboxManager {
             security: crate::security::SecurityProfile::default(),
         };
         let rt = self.inner.runtime.clone();
-        let handle = blocking(move || rt.start(&spec))
-            .await
-            .map_err(|e| e.to_string())?
+        let handle = low_priority(move || rt.start(&spec))
+            .await?
             .map_err(|e| e.to_string())?;
+        // The member inherited the refill's low priority: its agent gets the normal one back
+        // before it serves anything (threads it starts later inherit that).
+        if lowered()
+            && let Err(error) = prism_sys::sched::set_process_nice(handle.pid, 0)
+        {
+            tracing::warn!(message = "pool member keeps the refill's low CPU priority", sandbox_id = %id, %error);
+        }
         let agent = self.agent_of(&handle);
         match tokio::time::timeout(HEALTH_TIMEOUT, agent.health()).await {
             Ok(Ok(())) => {}
@@ -367,8 +375,14 @@ impl SandboxManager {
             };
             if let Ok(mut ps) = agent.spawn(spec).await {
                 while let Some(ev) = ps.events.next().await {
-                    if matches!(ev, Ok(ProcEvent::End { .. }) | Err(_)) {
-                        break;
+                    match ev {
+                        // Read to the end, so the connection stays open for the first exec.
+                        Ok(ProcEvent::End { .. }) => {
+                            super::exec::drain(&mut ps.events).await;
+                            break;
+                        }
+                        Err(_) => break,
+                        Ok(_) => {}
                     }
                 }
             }
@@ -376,6 +390,34 @@ impl SandboxManager {
         let _ = tokio::time::timeout(HEALTH_TIMEOUT, warm).await;
         Ok(handle)
     }
+}
+
+/// Whether refills run at [`REFILL_NICE`] (only where the priority can be given back).
+fn lowered() -> bool {
+    prism_sys::sched::can_raise_priority()
+}
+
+/// Run a member's start on a thread of its own at [`REFILL_NICE`], so it yields the CPU to
+/// the requests of sandboxes in use (a claim's first exec above all). The sandbox's processes
+/// inherit the value; the caller resets them.
+async fn low_priority<T, F>(f: F) -> Result<T, String>
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("prism-refill".into())
+        .spawn(move || {
+            if lowered()
+                && let Err(error) = prism_sys::sched::set_thread_nice(0, REFILL_NICE)
+            {
+                tracing::debug!(message = "refill runs at the normal priority", %error);
+            }
+            let _ = tx.send(f());
+        })
+        .map_err(|e| format!("cannot start a refill thread: {e}"))?;
+    rx.await.map_err(|_| "the refill thread failed".to_string())
 }
 
 #[cfg(test)]

@@ -93,41 +93,53 @@ impl SqliteStore {
 
     /// Record that `project` owns `sandbox_id`.
     pub fn set_owner(&self, sandbox_id: &str, project: &str) -> Result<(), StoreError> {
-        lock(&self.conn)
-            .execute(
-                "INSERT OR REPLACE INTO sandbox_owners (sandbox_id, project) VALUES (?1, ?2)",
-                params![sandbox_id, project],
-            )
-            .map_err(sql("set owner"))?;
+        let conn = lock(&self.conn);
+        conn.execute(
+            "INSERT OR REPLACE INTO sandbox_owners (sandbox_id, project) VALUES (?1, ?2)",
+            params![sandbox_id, project],
+        )
+        .map_err(sql("set owner"))?;
+        self.cache.set_owner(sandbox_id, Some(project.to_string()));
         Ok(())
     }
 
     /// The project owning `sandbox_id`, if any (sandboxes made by admin keys have none).
     pub fn owner(&self, sandbox_id: &str) -> Result<Option<String>, StoreError> {
-        lock(&self.conn)
-            .query_row(
-                "SELECT project FROM sandbox_owners WHERE sandbox_id = ?1",
-                [sandbox_id],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(sql("get owner"))
+        if let Some(owner) = self.cache.owner(sandbox_id) {
+            return Ok(owner);
+        }
+        let conn = lock(&self.conn);
+        let owner: Option<String> = conn
+            .prepare_cached("SELECT project FROM sandbox_owners WHERE sandbox_id = ?1")
+            .and_then(|mut st| st.query_row([sandbox_id], |r| r.get(0)).optional())
+            .map_err(sql("get owner"))?;
+        self.cache.set_owner(sandbox_id, owner.clone());
+        Ok(owner)
+    }
+
+    /// [`Self::owner`] from memory only: `None` when the cache does not know (no I/O).
+    pub fn owner_cached(&self, sandbox_id: &str) -> Option<Option<String>> {
+        self.cache.owner(sandbox_id)
     }
 
     /// Create or replace a project secret.
     pub fn put_secret(&self, s: &SealedSecret) -> Result<(), StoreError> {
-        lock(&self.conn)
-            .execute(
-                "INSERT OR REPLACE INTO secrets (project, name, nonce, ciphertext, updated_at) \
+        let conn = lock(&self.conn);
+        conn.execute(
+            "INSERT OR REPLACE INTO secrets (project, name, nonce, ciphertext, updated_at) \
                  VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![s.project, s.name, s.nonce, s.ciphertext, s.updated_at_ms],
-            )
-            .map_err(sql("put secret"))?;
+            params![s.project, s.name, s.nonce, s.ciphertext, s.updated_at_ms],
+        )
+        .map_err(sql("put secret"))?;
+        self.cache.forget_secrets(&s.project);
         Ok(())
     }
 
     /// A project's secrets, by name.
     pub fn secrets(&self, project: &str) -> Result<Vec<SealedSecret>, StoreError> {
+        if let Some(s) = self.cache.secrets(project) {
+            return Ok(s);
+        }
         let conn = lock(&self.conn);
         let mut stmt = conn
             .prepare_cached(
@@ -146,27 +158,49 @@ impl SqliteStore {
                 })
             })
             .map_err(sql("list secrets"))?;
-        rows.collect::<Result<_, _>>().map_err(sql("list secrets"))
+        let out: Vec<SealedSecret> = rows
+            .collect::<Result<_, _>>()
+            .map_err(sql("list secrets"))?;
+        self.cache.set_secrets(project, out.clone());
+        Ok(out)
+    }
+
+    /// [`Self::secrets`] from memory only: `None` when the cache does not know (no I/O).
+    pub fn secrets_cached(&self, project: &str) -> Option<Vec<SealedSecret>> {
+        self.cache.secrets(project)
     }
 
     /// Remove a secret; `false` when it did not exist.
     pub fn delete_secret(&self, project: &str, name: &str) -> Result<bool, StoreError> {
-        let n = lock(&self.conn)
+        let conn = lock(&self.conn);
+        let n = conn
             .execute(
                 "DELETE FROM secrets WHERE project = ?1 AND name = ?2",
                 params![project, name],
             )
             .map_err(sql("delete secret"))?;
+        self.cache.forget_secrets(project);
         Ok(n > 0)
     }
 
     /// Append to the audit trail.
     pub fn append_audit(&self, a: &AuditRecord) -> Result<(), StoreError> {
-        lock(&self.conn)
-            .execute(
-                "INSERT INTO audit (at, key_id, project, action, sandbox_id, status, request_id) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![
+        self.append_audits(std::slice::from_ref(a))
+    }
+
+    /// Append several records to the audit trail in one transaction (in order).
+    pub fn append_audits(&self, batch: &[AuditRecord]) -> Result<(), StoreError> {
+        let mut conn = lock(&self.conn);
+        let tx = conn.transaction().map_err(sql("begin"))?;
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "INSERT INTO audit (at, key_id, project, action, sandbox_id, status, \
+                     request_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                )
+                .map_err(sql("append audit"))?;
+            for a in batch {
+                stmt.execute(params![
                     a.at_ms,
                     a.key_id,
                     a.project,
@@ -174,10 +208,11 @@ impl SqliteStore {
                     a.sandbox_id,
                     a.status,
                     a.request_id
-                ],
-            )
-            .map_err(sql("append audit"))?;
-        Ok(())
+                ])
+                .map_err(sql("append audit"))?;
+            }
+        }
+        tx.commit().map_err(sql("commit"))
     }
 
     /// Audit records, oldest first.

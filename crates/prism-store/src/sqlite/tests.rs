@@ -173,6 +173,7 @@ fn corrupt_rows_are_errors_not_panics() {
     lock(&s.conn)
         .execute("UPDATE sandboxes SET spec = 'not json' WHERE id = 'a1'", [])
         .unwrap();
+    s.cache.clear();
     assert!(matches!(s.get("a1"), Err(StoreError::Corrupt { .. })));
 }
 
@@ -192,4 +193,89 @@ fn durability_sets_the_synchronous_pragma_and_records_survive_either_way() {
         let s = SqliteStore::open_with(&path, durability).unwrap();
         assert!(s.get("d1").unwrap().is_some());
     }
+}
+
+/// The store's memory never disagrees with its database: every answer from the cache equals
+/// what a fresh store over the same file (a restarted daemon) reads.
+#[test]
+fn the_cache_is_written_through_and_matches_a_reopened_store() {
+    let (d, s) = temp_store();
+    let path = d.path().join("state.db");
+    let mut r = rec("a1", Some("web"));
+    s.insert(&r).unwrap();
+    assert_eq!(s.find_cached("web").unwrap(), r);
+    assert_eq!(
+        s.owner_cached("a1"),
+        Some(None),
+        "insert reads the owner row"
+    );
+    r.state = SandboxState::Running;
+    r.name = Some("api".into());
+    r.updated_at_ms = 5;
+    // An update never changes the creation time, in the database or in memory.
+    s.update(
+        &SandboxRecord {
+            created_at_ms: 99,
+            ..r.clone()
+        },
+        "started",
+    )
+    .unwrap();
+    assert!(s.find_cached("web").is_none());
+    assert!(s.find("web").unwrap().is_none());
+    assert_eq!(s.find_cached("api").unwrap(), r);
+    let fresh = SqliteStore::open(&path).unwrap();
+    assert_eq!(fresh.get("a1").unwrap().unwrap(), r);
+    assert_eq!(fresh.find("api").unwrap().unwrap(), r);
+    // A failed write leaves memory as it was.
+    let mut clash = rec("b1", Some("api"));
+    assert!(s.insert(&clash).is_err());
+    assert!(s.find_cached("b1").is_none());
+    // Destroyed records leave memory; their lookups read the database.
+    r.state = SandboxState::Destroyed;
+    s.update(&r, "destroyed").unwrap();
+    assert!(s.find_cached("a1").is_none() && s.find_cached("api").is_none());
+    assert_eq!(s.get("a1").unwrap().unwrap().state, SandboxState::Destroyed);
+    assert!(s.find("api").unwrap().is_none());
+    assert!(
+        s.find_cached("a1").is_none(),
+        "destroyed rows are not cached by reads"
+    );
+    clash.state = SandboxState::Running;
+    s.insert(&clash).unwrap();
+    assert_eq!(s.find_cached("api").unwrap().id, "b1");
+    let fresh = SqliteStore::open(&path).unwrap();
+    assert_eq!(fresh.find("api").unwrap().unwrap().id, "b1");
+}
+
+#[test]
+fn owners_and_secrets_in_memory_follow_their_writes() {
+    use crate::auth::SealedSecret;
+    let (d, s) = temp_store();
+    s.insert(&rec("a1", None)).unwrap();
+    s.set_owner("a1", "p").unwrap();
+    assert_eq!(s.owner_cached("a1"), Some(Some("p".into())));
+    // A record read from the database learns its owner at the first owner() call.
+    let fresh = SqliteStore::open(&d.path().join("state.db")).unwrap();
+    assert!(fresh.get("a1").unwrap().is_some());
+    assert_eq!(fresh.owner_cached("a1"), None);
+    assert_eq!(fresh.owner("a1").unwrap().as_deref(), Some("p"));
+    assert_eq!(fresh.owner_cached("a1"), Some(Some("p".into())));
+    let secret = |name: &str, v: u8| SealedSecret {
+        project: "p".into(),
+        name: name.into(),
+        nonce: vec![v; 12],
+        ciphertext: vec![v; 20],
+        updated_at_ms: 1,
+    };
+    assert!(s.secrets_cached("p").is_none());
+    assert!(s.secrets("p").unwrap().is_empty());
+    assert_eq!(s.secrets_cached("p"), Some(vec![]));
+    s.put_secret(&secret("A", 1)).unwrap();
+    assert_eq!(s.secrets("p").unwrap(), vec![secret("A", 1)]);
+    s.put_secret(&secret("A", 2)).unwrap();
+    assert_eq!(s.secrets("p").unwrap(), vec![secret("A", 2)]);
+    assert_eq!(s.secrets_cached("p"), Some(vec![secret("A", 2)]));
+    assert!(s.delete_secret("p", "A").unwrap());
+    assert!(s.secrets("p").unwrap().is_empty());
 }

@@ -87,12 +87,17 @@ async fn owned_sandbox(
     let Some(project) = &caller.project else {
         return Ok(Some(sb.id));
     };
-    let store = st.auth.store().clone();
-    let id = sb.id.clone();
-    let owner = tokio::task::spawn_blocking(move || store.owner(&id))
-        .await
-        .map_err(|e| AppError::from(LifecycleError::TaskFailed(e)))?
-        .map_err(super::store_err)?;
+    let owner = match st.auth.store().owner_cached(&sb.id) {
+        Some(owner) => owner,
+        None => {
+            let store = st.auth.store().clone();
+            let id = sb.id.clone();
+            tokio::task::spawn_blocking(move || store.owner(&id))
+                .await
+                .map_err(|e| AppError::from(LifecycleError::TaskFailed(e)))?
+                .map_err(super::store_err)?
+        }
+    };
     if owner.as_deref() == Some(project.as_str()) {
         Ok(Some(sb.id))
     } else {
@@ -153,8 +158,7 @@ pub async fn guard(
                     Some(named),
                     resp.status(),
                     &rid,
-                )
-                .await;
+                );
                 return with_request_id(resp, &rid);
             }
         }
@@ -172,13 +176,13 @@ pub async fn guard(
             made.or(sandbox_id),
             resp.status(),
             &rid,
-        )
-        .await;
+        );
     }
     with_request_id(resp, &rid)
 }
 
-async fn audit(
+/// Queue the request's audit record (written by [`super::audit::AuditLog`]'s thread).
+fn audit(
     st: &AppState,
     caller: &Caller,
     method: &Method,
@@ -197,12 +201,7 @@ async fn audit(
         status: status.as_u16(),
         request_id: Some(rid.to_string()),
     };
-    let store = st.auth.store().clone();
-    match tokio::task::spawn_blocking(move || store.append_audit(&rec)).await {
-        Ok(Ok(())) => {}
-        Ok(Err(error)) => tracing::error!(message = "cannot append to the audit trail", %error),
-        Err(error) => tracing::error!(message = "cannot append to the audit trail", %error),
-    }
+    st.auth.audit().append(rec);
 }
 
 #[cfg(test)]

@@ -25,6 +25,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 
 use crate::error::AppError;
 
+pub mod audit;
 pub mod guard;
 pub mod limits;
 pub mod routes;
@@ -107,6 +108,7 @@ pub struct Auth {
     /// Serialises the creates of each project (quota checks).
     project_locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     secrets: Option<Arc<secrets::Secrets>>,
+    audit: audit::AuditLog,
 }
 
 impl std::fmt::Debug for Auth {
@@ -234,6 +236,7 @@ impl Auth {
         }
         Ok(Auth {
             enabled,
+            audit: audit::AuditLog::start(store.clone()),
             store,
             keys: RwLock::new(keys),
             limits: limits::RateLimiter::new(limits),
@@ -259,6 +262,11 @@ impl Auth {
 
     pub fn store(&self) -> &Arc<SqliteStore> {
         &self.store
+    }
+
+    /// The audit trail's writer.
+    pub fn audit(&self) -> &audit::AuditLog {
+        &self.audit
     }
 
     /// Who presents these headers. With auth off, everyone is [`Caller::anonymous`].

@@ -145,6 +145,8 @@ pub async fn audit(
         after_seq: q.after,
         limit: q.limit.unwrap_or(100).clamp(1, 1000),
     };
+    // Every request answered before this one is in the trail.
+    st.auth.audit().flush().await;
     let store = st.auth.store().clone();
     let recs = blocking(move || store.audit(&filter)).await?;
     Ok(Json(

@@ -249,17 +249,22 @@ impl Secrets {
             .remove(marker);
     }
 
+    /// The project of a sandbox whose owner is not recorded yet: its create marker's.
+    fn pending_project(&self, rec: &SandboxRecord) -> Option<String> {
+        rec.labels.get(CREATE_LABEL).and_then(|m| {
+            self.pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(m)
+                .cloned()
+        })
+    }
+
     /// The decrypted secrets of the project owning `rec` (blocking: reads the store).
     fn env_blocking(&self, rec: &SandboxRecord) -> BTreeMap<String, String> {
         let project = match self.store.owner(&rec.id) {
             Ok(Some(p)) => Some(p),
-            Ok(None) => rec.labels.get(CREATE_LABEL).and_then(|m| {
-                self.pending
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .get(m)
-                    .cloned()
-            }),
+            Ok(None) => self.pending_project(rec),
             Err(error) => {
                 tracing::error!(message = "cannot look up a sandbox's project", sandbox_id = %rec.id, %error);
                 None
@@ -268,15 +273,32 @@ impl Secrets {
         let Some(project) = project else {
             return BTreeMap::new();
         };
-        let sealed = match self.store.secrets(&project) {
-            Ok(s) => s,
+        match self.store.secrets(&project) {
+            Ok(sealed) => self.open_all(&project, &sealed),
             Err(error) => {
                 tracing::error!(message = "cannot read secrets", %project, %error);
-                return BTreeMap::new();
+                BTreeMap::new()
             }
+        }
+    }
+
+    /// [`Self::env_blocking`] from the store's memory alone; `None` when it does not know
+    /// the owner or the secrets (then the blocking read fills it).
+    fn env_cached(&self, rec: &SandboxRecord) -> Option<BTreeMap<String, String>> {
+        let project = match self.store.owner_cached(&rec.id)? {
+            Some(p) => Some(p),
+            None => self.pending_project(rec),
         };
+        let Some(project) = project else {
+            return Some(BTreeMap::new());
+        };
+        let sealed = self.store.secrets_cached(&project)?;
+        Some(self.open_all(&project, &sealed))
+    }
+
+    fn open_all(&self, project: &str, sealed: &[SealedSecret]) -> BTreeMap<String, String> {
         let mut env = BTreeMap::new();
-        for s in &sealed {
+        for s in sealed {
             match self.unseal(s) {
                 Ok(v) => {
                     env.insert(s.name.clone(), v);
@@ -294,6 +316,10 @@ pub struct Provider(pub Arc<Secrets>);
 
 impl SecretEnv for Provider {
     fn env<'a>(&'a self, rec: &'a SandboxRecord) -> BoxFuture<'a, BTreeMap<String, String>> {
+        // Usually known from memory: no thread hand-off on the exec path.
+        if let Some(env) = self.0.env_cached(rec) {
+            return Box::pin(std::future::ready(env));
+        }
         let secrets = self.0.clone();
         let rec = rec.clone();
         Box::pin(async move {
