@@ -71,6 +71,12 @@ struct Args {
     /// The static agent (default: target/x86_64-unknown-linux-musl/release, then debug).
     #[arg(long, env = "PRISM_AGENT")]
     agent: Option<PathBuf>,
+    /// Where the bench keeps its state (the rootfs skeleton, the sandboxes' directories and
+    /// writable layers) for every row. On a tmpfs (`/dev/shm`) the rows no longer include the
+    /// host disk's write-back: an overlay's teardown syncs the filesystem holding its writable
+    /// layer, with everything else dirty on it.
+    #[arg(long, default_value = "/var/tmp")]
+    state_dir: PathBuf,
     /// Internal: run an OCI peer in a loop (inside a mount namespace without the cgroup2 mount).
     #[arg(long, hide = true)]
     peer_worker: Option<String>,
@@ -106,7 +112,7 @@ fn main() -> Result<()> {
     raise_nofile();
     let state = tempfile::Builder::new()
         .prefix("prism-bench-")
-        .tempdir_in("/var/tmp")
+        .tempdir_in(&args.state_dir)
         .context("state dir")?;
     let rootfs = prism_core::template::base::ensure(&state.path().join("templates"))?;
     let skeleton = rootfs.mounts[0].lowers[0].clone();
