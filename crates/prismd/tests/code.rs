@@ -108,19 +108,25 @@ async fn context(c: &Client, sb: &str, lang: &str) -> String {
     c.create_context(sb, &req).await.unwrap().id
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn code_contexts_keep_state_and_report_results_errors_and_interrupts() {
-    if !support::root_or_skip("code_contexts_keep_state_and_report_results_errors_and_interrupts") {
-        return;
-    }
+/// A daemon in a fresh state directory with one sandbox created from `sandbox` (JSON).
+async fn daemon_with(sandbox: &str) -> (tempfile::TempDir, Daemon) {
     // reqwest is built with `rustls-no-provider` (prism-images): install ring's provider, as
     // the registry client does, before prism-client builds its reqwest client.
     let _ = prism_images::registry::RegistryClient::new(Default::default());
     let dir = tempfile::tempdir().unwrap();
     let d = Daemon::start(dir.path()).await;
+    let req: CreateSandboxRequest = serde_json::from_str(sandbox).unwrap();
+    d.client.create(&req).await.unwrap();
+    (dir, d)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn code_contexts_keep_state_and_report_results_errors_and_interrupts() {
+    if !support::root_or_skip("code_contexts_keep_state_and_report_results_errors_and_interrupts") {
+        return;
+    }
+    let (_dir, d) = daemon_with(r#"{"name":"code"}"#).await;
     let c = &d.client;
-    let req: CreateSandboxRequest = serde_json::from_str(r#"{"name":"code"}"#).unwrap();
-    c.create(&req).await.unwrap();
 
     // State, imports and cwd survive between runs; the last expression is the result.
     let py = context(c, "code", "python").await;
@@ -353,13 +359,8 @@ async fn a_runs_env_holds_for_that_run_only_in_every_language() {
     if !support::root_or_skip("a_runs_env_holds_for_that_run_only_in_every_language") {
         return;
     }
-    let _ = prism_images::registry::RegistryClient::new(Default::default());
-    let dir = tempfile::tempdir().unwrap();
-    let d = Daemon::start(dir.path()).await;
+    let (_dir, d) = daemon_with(r#"{"name":"env","env":{"SB_VAR":"from-create"}}"#).await;
     let c = &d.client;
-    let req: CreateSandboxRequest =
-        serde_json::from_str(r#"{"name":"env","env":{"SB_VAR":"from-create"}}"#).unwrap();
-    c.create(&req).await.unwrap();
 
     // Python: the run and the processes it starts see the run's env (which may shadow the
     // sandbox's); the next run sees the values from before.
