@@ -171,6 +171,11 @@ impl RegistryClient {
                 }
             }
             if let Some(e) = last {
+                // Let the writes already handed to the file land first: a tokio `File` dropped
+                // with a write in flight finishes it in the background, so the partial file
+                // would still grow after this returns (and a next pull resume from a length
+                // that is already stale).
+                let _ = part.file.flush().await;
                 // Keep what arrived for the next pull, unless the content itself was wrong.
                 if !e.transient() {
                     let _ = tokio::fs::remove_file(&part.path).await;
