@@ -135,6 +135,14 @@ fn hex(s: &str) -> String {
 }
 
 /// Log lines written since `from` lines.
+/// What the server logged for `peer` (`"http 203.0.113.2:80"`): the rest of each of its lines.
+fn seen_by<'a>(seen: &'a [String], peer: &str) -> Vec<&'a str> {
+    let prefix = format!("{peer} ");
+    seen.iter()
+        .filter_map(|l| l.strip_prefix(prefix.as_str()))
+        .collect()
+}
+
 fn log_since(path: &std::path::Path, from: usize) -> Vec<String> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
@@ -286,29 +294,20 @@ async fn names_are_enforced_by_sni_and_host_towards_what_they_resolved_to() {
 
     // What the servers saw: the allowed requests and ClientHellos, nothing of the refused.
     let seen = log_since(&log, from);
-    let http2: Vec<&str> = seen
-        .iter()
-        .filter_map(|l| l.strip_prefix("http 203.0.113.2:80 "))
-        .collect();
+    let http2 = seen_by(&seen, "http 203.0.113.2:80");
     assert_eq!(
         http2,
         ["allowed.test", "allowed.test", "allowed.test", "port.test"],
         "{seen:?}"
     );
-    let tls2: Vec<&str> = seen
-        .iter()
-        .filter_map(|l| l.strip_prefix("tls 203.0.113.2:443 "))
-        .collect();
+    let tls2 = seen_by(&seen, "tls 203.0.113.2:443");
     assert_eq!(
         tls2.len(),
         1,
         "only the allowed ClientHello reaches .2: {seen:?}"
     );
     assert!(tls2[0].contains(&hex("allowed.test")), "{seen:?}");
-    let tls3: Vec<&str> = seen
-        .iter()
-        .filter_map(|l| l.strip_prefix("tls 203.0.113.3:443 "))
-        .collect();
+    let tls3 = seen_by(&seen, "tls 203.0.113.3:443");
     assert_eq!(
         tls3.len(),
         1,

@@ -26,6 +26,14 @@ fn ping(port: u16) -> Option<String> {
     (!out.is_empty()).then_some(out)
 }
 
+/// Asserts a `409 port_in_use` answer; returns its body.
+async fn port_in_use(r: reqwest::Response) -> serde_json::Value {
+    assert_eq!(r.status(), 409);
+    let e: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(e["code"], "port_in_use", "{e}");
+    e
+}
+
 async fn reachable(port: u16, what: &str) {
     let got = support::eventually(30, what, || async move {
         tokio::task::spawn_blocking(move || ping(port))
@@ -89,9 +97,7 @@ async fn published_host_ports_forward_to_the_sandbox_and_follow_its_life() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 409);
-    let e: serde_json::Value = r.json().await.unwrap();
-    assert_eq!(e["code"], "port_in_use", "{e}");
+    let e = port_in_use(r).await;
     assert!(
         e["message"]
             .as_str()
@@ -141,9 +147,7 @@ async fn published_host_ports_forward_to_the_sandbox_and_follow_its_life() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 409);
-    let e: serde_json::Value = r.json().await.unwrap();
-    assert_eq!(e["code"], "port_in_use", "{e}");
+    port_in_use(r).await;
     assert_eq!(
         d.client.get("pubsb").await.unwrap().state,
         prism_types::SandboxState::Stopped
