@@ -52,6 +52,7 @@ const OFF_ARG0_LOW: u32 = 16;
 const BPF_LD_W_ABS: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
 const BPF_JEQ_K: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
 const BPF_JGE_K: u16 = (libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K) as u16;
+const BPF_JGT_K: u16 = (libc::BPF_JMP | libc::BPF_JGT | libc::BPF_K) as u16;
 const BPF_JSET_K: u16 = (libc::BPF_JMP | libc::BPF_JSET | libc::BPF_K) as u16;
 const BPF_RET_K: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
 /// The kernel's limit (BPF_MAXINSNS).
@@ -72,6 +73,36 @@ fn jump(code: u16, k: u32, jt: u8, jf: u8) -> libc::sock_filter {
 
 fn errno(e: i32) -> u32 {
     libc::SECCOMP_RET_ERRNO | (e as u32 & libc::SECCOMP_RET_DATA)
+}
+
+/// Appends the deny list as one compare pair per run of consecutive syscall numbers, in
+/// ascending order, followed by the two shared returns: `nr < start` of a run means no later
+/// run can match (allow), `nr <= end` means this run matches (deny), else the next run.
+/// The kernel compiles a filter at a cost that grows with its length (~1.5-2.5 us per
+/// instruction when a sandbox starts on our hosts) and runs it on every syscall, so runs and
+/// shared returns keep it short: the default 52 calls fall in 25 runs, 52 instructions
+/// instead of 105 (the whole default program: 70 instead of 123).
+fn deny_ranges(code: &mut Vec<libc::sock_filter>, nrs: &BTreeSet<u32>) -> Result<(), SeccompError> {
+    let mut runs: Vec<(u32, u32)> = Vec::new();
+    for &nr in nrs {
+        match runs.last_mut() {
+            Some((_, end)) if *end + 1 == nr => *end = nr,
+            _ => runs.push((nr, nr)),
+        }
+    }
+    let first = code.len();
+    let allow = first + 2 * runs.len();
+    let deny = allow + 1;
+    for (i, (start, end)) in runs.iter().enumerate() {
+        let at = first + 2 * i;
+        let to_allow = u8::try_from(allow - (at + 1)).map_err(|_| SeccompError::TooLong(deny))?;
+        let to_deny = u8::try_from(deny - (at + 2)).map_err(|_| SeccompError::TooLong(deny))?;
+        code.push(jump(BPF_JGE_K, *start, 0, to_allow));
+        code.push(jump(BPF_JGT_K, *end, 0, to_deny));
+    }
+    code.push(stmt(BPF_RET_K, RET_ALLOW));
+    code.push(stmt(BPF_RET_K, errno(libc::EPERM)));
+    Ok(())
 }
 
 /// Compile `policy` for x86_64.
@@ -100,11 +131,7 @@ pub fn compile(policy: &Policy) -> Result<Program, SeccompError> {
             code.push(stmt(BPF_RET_K, RET_ALLOW));
         }
     }
-    for nr in nrs {
-        code.push(jump(BPF_JEQ_K, nr, 0, 1));
-        code.push(stmt(BPF_RET_K, errno(libc::EPERM)));
-    }
-    code.push(stmt(BPF_RET_K, RET_ALLOW));
+    deny_ranges(&mut code, &nrs)?;
     if code.len() > MAX_INSNS {
         return Err(SeccompError::TooLong(code.len()));
     }
@@ -208,21 +235,158 @@ mod tests {
         assert!(matches!(err, SeccompError::UnknownSyscall(n) if n == "no_such_call"));
     }
 
+    /// The classic BPF subset `compile` emits, run on one `seccomp_data`.
+    fn run(p: &Program, nr: u32, arch: u32, arg0: u64) -> u32 {
+        let (mut a, mut pc) = (0u32, 0usize);
+        loop {
+            let i = p.code[pc];
+            pc += 1;
+            let jump = |taken: bool| usize::from(if taken { i.jt } else { i.jf });
+            match i.code {
+                BPF_LD_W_ABS => {
+                    a = match i.k {
+                        OFF_NR => nr,
+                        OFF_ARCH => arch,
+                        OFF_ARG0_LOW => arg0 as u32,
+                        k => panic!("load of offset {k}"),
+                    }
+                }
+                BPF_JEQ_K => pc += jump(a == i.k),
+                BPF_JGE_K => pc += jump(a >= i.k),
+                BPF_JGT_K => pc += jump(a > i.k),
+                BPF_JSET_K => pc += jump(a & i.k != 0),
+                BPF_RET_K => return i.k,
+                c => panic!("opcode {c:#x}"),
+            }
+        }
+    }
+
+    fn every_known_name() -> Vec<String> {
+        (0..1000)
+            .filter_map(|nr| {
+                KNOWN
+                    .iter()
+                    .find(|n| sysno(n) == Some(nr))
+                    .map(|n| n.to_string())
+            })
+            .collect()
+    }
+
+    const KNOWN: [&str; 52] = [
+        "acct",
+        "add_key",
+        "bpf",
+        "clock_adjtime",
+        "clock_settime",
+        "delete_module",
+        "finit_module",
+        "fsconfig",
+        "fsmount",
+        "fsopen",
+        "fspick",
+        "get_mempolicy",
+        "init_module",
+        "ioperm",
+        "iopl",
+        "kcmp",
+        "kexec_file_load",
+        "kexec_load",
+        "keyctl",
+        "lookup_dcookie",
+        "mbind",
+        "mount",
+        "mount_setattr",
+        "move_mount",
+        "move_pages",
+        "name_to_handle_at",
+        "nfsservctl",
+        "open_by_handle_at",
+        "open_tree",
+        "perf_event_open",
+        "personality",
+        "pivot_root",
+        "process_vm_readv",
+        "process_vm_writev",
+        "ptrace",
+        "quotactl",
+        "reboot",
+        "request_key",
+        "set_mempolicy",
+        "setns",
+        "settimeofday",
+        "swapoff",
+        "swapon",
+        "sysfs",
+        "_sysctl",
+        "umount2",
+        "uselib",
+        "userfaultfd",
+        "ustat",
+        "vhangup",
+        "adjtimex",
+        "syslog",
+    ];
+
     #[test]
-    fn every_denied_call_gets_a_compare_and_a_return() {
+    fn the_program_answers_every_syscall_number_as_the_policy_says() {
+        let eperm = errno(libc::EPERM);
+        // Every known name, every other name, a few, one, none: runs of every length.
+        let all = every_known_name();
+        assert_eq!(all.len(), KNOWN.len());
+        let odd: Vec<String> = all.iter().step_by(2).cloned().collect();
+        let few = vec![
+            "mount".into(),
+            "umount2".into(),
+            "pivot_root".into(),
+            "bpf".into(),
+        ];
+        for deny in [all.clone(), odd, few, vec!["ptrace".into()], vec![]] {
+            for userns in [true, false] {
+                let p = compile(&Policy {
+                    deny: deny.clone(),
+                    deny_new_user_namespaces: userns,
+                })
+                .unwrap();
+                let denied: BTreeSet<u32> = deny.iter().filter_map(|n| sysno(n)).collect();
+                for nr in 0..600u32 {
+                    let want = if userns && nr == libc::SYS_clone3 as u32 {
+                        errno(libc::ENOSYS)
+                    } else if denied.contains(&nr) {
+                        eperm
+                    } else {
+                        RET_ALLOW
+                    };
+                    assert_eq!(
+                        run(&p, nr, AUDIT_ARCH_X86_64, 0),
+                        want,
+                        "nr {nr} deny {deny:?}"
+                    );
+                }
+                for nr in [libc::SYS_clone, libc::SYS_unshare] {
+                    let newuser = libc::CLONE_NEWUSER as u64;
+                    let want = if userns { eperm } else { RET_ALLOW };
+                    assert_eq!(run(&p, nr as u32, AUDIT_ARCH_X86_64, newuser), want);
+                    let flags = (libc::CLONE_NEWNS | libc::SIGCHLD) as u64;
+                    assert_eq!(run(&p, nr as u32, AUDIT_ARCH_X86_64, flags), RET_ALLOW);
+                }
+                let x32 = libc::SYS_read as u32 | X32_SYSCALL_BIT;
+                assert_eq!(run(&p, x32, AUDIT_ARCH_X86_64, 0), RET_KILL_PROCESS);
+                // AUDIT_ARCH_I386: a 32-bit syscall table with other numbers.
+                assert_eq!(run(&p, 0, 0x4000_0003, 0), RET_KILL_PROCESS);
+            }
+        }
+    }
+
+    #[test]
+    fn consecutive_denied_numbers_share_one_compare_pair() {
         let p = compile(&Policy {
-            deny: vec!["bpf".into(), "keyctl".into(), "bpf".into()],
+            deny: every_known_name(),
             deny_new_user_namespaces: true,
         })
         .unwrap();
-        // header 6 + clone3 2 + clone/unshare 2*5 + 2 calls * 2 + allow 1
-        assert_eq!(p.len(), 6 + 2 + 10 + 4 + 1);
-        assert_eq!(p.code.last().unwrap().k, RET_ALLOW);
-        let bpf = p
-            .code
-            .iter()
-            .position(|i| i.code == BPF_JEQ_K && i.k == libc::SYS_bpf as u32)
-            .unwrap();
-        assert_eq!(p.code[bpf + 1].k, errno(libc::EPERM));
+        // header 6 + clone3 2 + clone/unshare 2*5, then 2 per run + 2 returns: well under
+        // the 2 per call of a plain list.
+        let list = 6 + 2 + 10 + 2 * KNOWN.len() + 1;
+        assert!(p.len() < list - 40, "{} instructions", p.len());
     }
 }
