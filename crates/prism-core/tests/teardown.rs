@@ -97,15 +97,16 @@ fn a_restarted_runtime_finishes_an_interrupted_teardown() {
     let pidfd = prism_sys::proc::pidfd_open(handle.pid).expect("pidfd");
     prism_sys::proc::pidfd_kill(&pidfd, prism_sys::proc::SIGKILL).expect("kill");
     assert!(prism_sys::proc::pidfd_wait_exit(&pidfd, SETTLE).expect("wait"));
-    let freezer = Path::new("/sys/fs/cgroup/freezer")
+    // `pids` is a hierarchy of every v1 layout (the unified one has no sandbox directory there).
+    let pids = Path::new("/sys/fs/cgroup/pids")
         .join(&h.cgroup_parent)
         .join("half");
-    if freezer.exists() {
+    if pids.exists() {
         let deadline = std::time::Instant::now() + SETTLE;
-        while std::fs::remove_dir(&freezer).is_err() {
+        while std::fs::remove_dir(&pids).is_err() {
             assert!(
                 std::time::Instant::now() < deadline,
-                "freezer cgroup stays busy"
+                "pids cgroup stays busy"
             );
             std::thread::yield_now();
         }

@@ -160,6 +160,22 @@ impl Files<'_> {
             .map(|l| l.parse().map_err(|_| parse_error(path, l)))
             .collect()
     }
+
+    /// cgroup2: writes `cgroup.freeze` in `dir` and waits for its `cgroup.events` to report
+    /// `frozen <value>`.
+    pub(crate) fn set_frozen(
+        &self,
+        dir: &Path,
+        frozen: bool,
+        timeout: std::time::Duration,
+    ) -> Result<bool, CgroupError> {
+        let value = u64::from(frozen);
+        self.write(&dir.join("cgroup.freeze"), &value.to_string())?;
+        let events = dir.join("cgroup.events");
+        super::poll_until(timeout, || {
+            Ok(self.read_keyed(&events, "frozen")? == Some(value))
+        })
+    }
 }
 
 pub(crate) fn parse_error(path: &Path, content: &str) -> CgroupError {

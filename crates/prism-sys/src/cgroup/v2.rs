@@ -7,7 +7,7 @@ use super::io::Files;
 use super::{
     CPU_PERIOD_US, CgroupError, CgroupLimits, CgroupManager, CgroupStats, CgroupVersion,
     DEFAULT_TIMEOUT, SharedIo, check_limits, cpu_quota_us, kill_until_empty, list_children,
-    poll_until, remove_cgroup_dir, validate_id, validate_parent,
+    remove_cgroup_dir, validate_id, validate_parent,
 };
 
 /// Controllers enabled for sandbox cgroups.
@@ -122,15 +122,8 @@ impl V2Manager {
             .is_empty())
     }
 
-    /// Writes `cgroup.freeze` and waits for `cgroup.events` to report `frozen <value>`.
     fn set_frozen(&self, dir: &Path, frozen: bool, timeout: Duration) -> Result<bool, CgroupError> {
-        let value = u64::from(frozen);
-        self.files()
-            .write(&dir.join("cgroup.freeze"), &value.to_string())?;
-        let events = dir.join("cgroup.events");
-        poll_until(timeout, || {
-            Ok(self.files().read_keyed(&events, "frozen")? == Some(value))
-        })
+        self.files().set_frozen(dir, frozen, timeout)
     }
 
     /// `cgroup.kill` (Linux 5.14+) kills every task atomically; older kernels freeze, signal
