@@ -409,6 +409,7 @@ fn failed_launches_report_their_step_and_leave_the_runtime_usable() {
     let Some(h) = harness("failed_launch") else {
         return;
     };
+    let dumpable = prism_sys::proc::dumpable();
     // Fails in the parent, while the child waits for its mounts.
     let mut spec = h.spec("nolower", limits());
     spec.rootfs.mounts[1].lowers = vec!["/nonexistent-prism-lower".into()];
@@ -427,9 +428,11 @@ fn failed_launches_report_their_step_and_leave_the_runtime_usable() {
         h.runtime.destroy(id).expect("destroy");
     }
     assert!(h.runtime.settle(support::SETTLE));
-    // The runtime still starts sandboxes.
+    // The runtime still starts sandboxes, and its process kept its dumpable flag (each child
+    // shared its memory until the exec and changed its credentials).
     let (_handle, client) = h.start("after", limits());
     assert_eq!(h.sh(&client, "echo ok").stdout.trim(), "ok");
+    assert_eq!(prism_sys::proc::dumpable(), dumpable);
     h.destroy("after");
 }
 

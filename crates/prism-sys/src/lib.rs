@@ -13,5 +13,6 @@ pub mod loopdev;
 pub mod mount;
 pub mod netns;
 pub mod proc;
+pub(crate) mod raw;
 pub mod sched;
 pub mod seccomp;

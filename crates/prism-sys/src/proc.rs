@@ -115,6 +115,12 @@ pub fn pidfd_wait_exit(pidfd: &OwnedFd, timeout: std::time::Duration) -> io::Res
     }
 }
 
+/// Whether the calling process is dumpable (`PR_GET_DUMPABLE` is 1).
+pub fn dumpable() -> bool {
+    // SAFETY: prctl with integer arguments only.
+    unsafe { libc::prctl(libc::PR_GET_DUMPABLE, 0, 0, 0, 0) == 1 }
+}
+
 /// Make the calling process non-dumpable: processes without `CAP_SYS_PTRACE` can no longer
 /// ptrace it or read its memory, fds or `/proc/PID/root` (the agent calls this at start).
 pub fn set_undumpable() -> io::Result<()> {

@@ -8,6 +8,8 @@
 
 use std::collections::BTreeSet;
 
+use crate::raw::{check, sys};
+
 /// What to filter.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Policy {
@@ -138,27 +140,27 @@ pub fn compile(policy: &Policy) -> Result<Program, SeccompError> {
     Ok(Program { code })
 }
 
-/// `no_new_privs` then the filter. Raw syscalls only: safe to call in the launch child.
+/// `no_new_privs` then the filter; `Err(errno)` on failure. Raw syscalls only (`crate::raw`):
+/// safe to call in the launch child.
 ///
 /// # Safety
 /// `prog` must stay alive and unchanged for the call.
-pub(crate) unsafe fn install(prog: &Program) -> i32 {
+pub(crate) unsafe fn install(prog: &Program) -> Result<(), i32> {
     let fprog = libc::sock_fprog {
         len: prog.code.len() as libc::c_ushort,
         filter: prog.code.as_ptr() as *mut libc::sock_filter,
     };
     // SAFETY: raw prctl/seccomp on a program that outlives the call.
     unsafe {
-        if libc::syscall(libc::SYS_prctl, libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
-            return -1;
-        }
-        libc::syscall(
+        check(sys!(libc::SYS_prctl, libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))?;
+        check(sys!(
             libc::SYS_seccomp,
             libc::SECCOMP_SET_MODE_FILTER,
             0,
-            &fprog as *const libc::sock_fprog,
-        ) as i32
+            &fprog as *const libc::sock_fprog
+        ))?;
     }
+    Ok(())
 }
 
 /// The x86_64 number of a syscall the policy may name.

@@ -1,74 +1,46 @@
-//! The child side of [`super::launch`]: raw syscalls only, no allocation, never returns.
+//! The child side of [`super::launch`]: it shares the daemon's memory (`CLONE_VM`) and the
+//! thread pointer of the thread that cloned it, which keeps running. So until `execveat` it makes
+//! raw syscalls only (`crate::raw`: no libc function, no `errno`), allocates nothing, writes no
+//! memory but its own stack, and has no way to panic (indices were checked in
+//! [`Prepared::new`]). It never returns.
 
 use std::os::fd::{AsRawFd, RawFd};
 
 use super::prepare::{CStep, Prepared};
 use crate::mount::{AT_EMPTY_PATH, MOVE_MOUNT_F_EMPTY_PATH};
+use crate::raw::{check, sys};
 
 /// At most this many idmapped trees per sandbox.
 pub const MAX_TREES: usize = 128;
 
-#[repr(C)]
-#[derive(Default)]
-struct CloneArgs {
-    flags: u64,
-    pidfd: u64,
-    child_tid: u64,
-    parent_tid: u64,
-    exit_signal: u64,
-    stack: u64,
-    stack_size: u64,
-    tls: u64,
-    set_tid: u64,
-    set_tid_size: u64,
-    cgroup: u64,
-}
+/// An errno value.
+pub(super) type Errno = i32;
 
-/// Fork-like `clone3`: returns the child's pid in the parent, 0 in the child, -1 on error.
-///
-/// # Safety
-/// The child shares nothing with the parent but a copy of its memory; it must only make
-/// async-signal-safe calls (see the module docs).
-pub(super) unsafe fn clone3(flags: u64, pidfd: &mut RawFd) -> libc::pid_t {
-    let mut args = CloneArgs {
-        flags,
-        pidfd: pidfd as *mut RawFd as u64,
-        exit_signal: libc::SIGCHLD as u64,
-        ..CloneArgs::default()
-    };
-    // SAFETY: `args` is a valid clone_args of the size we pass; see the function's contract.
-    unsafe {
-        libc::syscall(
-            libc::SYS_clone3,
-            &mut args as *mut CloneArgs,
-            std::mem::size_of::<CloneArgs>(),
-        ) as libc::pid_t
-    }
+/// The kernel's answer without its value.
+pub(super) fn ok(ret: isize) -> Result<(), Errno> {
+    check(ret).map(|_| ())
 }
 
 /// Report `(step, errno)` to the parent and exit.
-fn fail(sock: RawFd, step: usize, errno: i32) -> ! {
-    let mut buf = [0u8; 8];
-    buf[..4].copy_from_slice(&(step as u32).to_ne_bytes());
-    buf[4..].copy_from_slice(&errno.to_ne_bytes());
-    // SAFETY: writing a local buffer; _exit never returns and runs no destructors or atexit hooks.
+fn fail(sock: RawFd, step: usize, errno: Errno) -> ! {
+    let s = (step as u32).to_ne_bytes();
+    let e = errno.to_ne_bytes();
+    let buf = [s[0], s[1], s[2], s[3], e[0], e[1], e[2], e[3]];
+    // SAFETY: writing a local buffer, then exit_group (no destructors, no atexit hooks: they
+    // belong to the daemon's memory).
     unsafe {
-        libc::write(sock, buf.as_ptr().cast(), buf.len());
-        libc::_exit(127)
+        sys!(libc::SYS_write, sock, buf.as_ptr(), buf.len());
+        loop {
+            sys!(libc::SYS_exit_group, 127);
+        }
     }
 }
 
-pub(super) fn errno() -> i32 {
-    std::io::Error::last_os_error()
-        .raw_os_error()
-        .unwrap_or(libc::EIO)
-}
-
-/// Receive up to [`MAX_TREES`] fds into `out`; returns how many arrived, or -1.
+/// Receive up to [`MAX_TREES`] fds into `out`; returns how many arrived.
 ///
 /// # Safety
 /// `sock` must be a valid socket.
-unsafe fn recv_fds(sock: RawFd, out: &mut [RawFd; MAX_TREES]) -> isize {
+unsafe fn recv_fds(sock: RawFd, out: &mut [RawFd; MAX_TREES]) -> Result<usize, Errno> {
     let mut byte = 0u8;
     let mut iov = libc::iovec {
         iov_base: (&mut byte as *mut u8).cast(),
@@ -83,294 +55,390 @@ unsafe fn recv_fds(sock: RawFd, out: &mut [RawFd; MAX_TREES]) -> isize {
     msg.msg_control = control.as_mut_ptr().cast();
     msg.msg_controllen = std::mem::size_of_val(&control) as _;
     // SAFETY: msg points to live local buffers of the sizes stated.
-    let n = unsafe { libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC) };
+    let n = check(unsafe {
+        sys!(
+            libc::SYS_recvmsg,
+            sock,
+            &mut msg as *mut libc::msghdr,
+            libc::MSG_CMSG_CLOEXEC
+        )
+    })?;
     if n != 1 {
-        return -1;
+        return Err(libc::EPROTO);
     }
-    // SAFETY: CMSG_* walk the control buffer the kernel just filled.
+    // SAFETY: CMSG_* (pure pointer arithmetic, no libc call) walk the control buffer the kernel
+    // just filled.
     unsafe {
         let cmsg = libc::CMSG_FIRSTHDR(&msg);
         if cmsg.is_null() {
-            return 0;
+            return Ok(0);
         }
         if (*cmsg).cmsg_level != libc::SOL_SOCKET || (*cmsg).cmsg_type != libc::SCM_RIGHTS {
-            return -1;
+            return Err(libc::EPROTO);
         }
         let data = libc::CMSG_DATA(cmsg) as *const RawFd;
-        let len = (*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+        let len = ((*cmsg).cmsg_len as usize).saturating_sub(libc::CMSG_LEN(0) as usize);
         let count = (len / std::mem::size_of::<RawFd>()).min(MAX_TREES);
         for (i, slot) in out.iter_mut().enumerate().take(count) {
             *slot = std::ptr::read_unaligned(data.add(i));
         }
-        count as isize
+        Ok(count)
     }
 }
 
-/// Run one step; returns 0 or -1 with errno set.
+/// `Ok` also when the answer is `EEXIST`.
+fn exists_ok(ret: isize) -> Result<(), Errno> {
+    match ok(ret) {
+        Err(libc::EEXIST) => Ok(()),
+        other => other,
+    }
+}
+
+/// Run one step.
 ///
 /// # Safety
 /// Raw syscalls on prepared C strings.
-unsafe fn step(p: &Prepared, s: &CStep, trees: &[RawFd; MAX_TREES]) -> i32 {
-    // SAFETY: every pointer comes from a CString that outlives this call.
+unsafe fn step(p: &Prepared, s: &CStep, trees: &[RawFd; MAX_TREES]) -> Result<(), Errno> {
+    let null = std::ptr::null::<libc::c_char>();
+    // SAFETY: every pointer comes from a CString of `p` that outlives this call.
     unsafe {
         match s {
-            CStep::UnshareCgroup => libc::unshare(libc::CLONE_NEWCGROUP),
-            CStep::MakeRootPrivate => libc::mount(
-                std::ptr::null(),
+            CStep::UnshareCgroup => ok(sys!(libc::SYS_unshare, libc::CLONE_NEWCGROUP)),
+            CStep::MakeRootPrivate => ok(sys!(
+                libc::SYS_mount,
+                null,
                 c"/".as_ptr(),
-                std::ptr::null(),
+                null,
                 libc::MS_REC | libc::MS_PRIVATE,
-                std::ptr::null(),
-            ),
-            CStep::AttachTree { tree, target } => libc::syscall(
+                null
+            )),
+            CStep::AttachTree { tree, target } => ok(sys!(
                 libc::SYS_move_mount,
-                trees[*tree],
+                trees.get(*tree).copied().unwrap_or(-1),
                 c"".as_ptr(),
                 libc::AT_FDCWD,
                 target.as_ptr(),
-                MOVE_MOUNT_F_EMPTY_PATH,
-            ) as i32,
+                MOVE_MOUNT_F_EMPTY_PATH
+            )),
             CStep::Mount {
                 source,
                 target,
                 fstype,
                 flags,
                 data,
-            } => libc::mount(
+            } => ok(sys!(
+                libc::SYS_mount,
                 source.as_ptr(),
                 target.as_ptr(),
-                fstype.as_ref().map_or(std::ptr::null(), |f| f.as_ptr()),
+                fstype.as_ref().map_or(null, |f| f.as_ptr()),
                 *flags,
-                data.as_ref()
-                    .map_or(std::ptr::null(), |d| d.as_ptr().cast()),
-            ),
-            CStep::Mkdir { path, mode } => {
-                let rc = libc::mkdir(path.as_ptr(), *mode);
-                if rc != 0 && errno() == libc::EEXIST {
-                    0
-                } else {
-                    rc
-                }
-            }
+                data.as_ref().map_or(null, |d| d.as_ptr())
+            )),
+            CStep::Mkdir { path, mode } => exists_ok(sys!(
+                libc::SYS_mkdirat,
+                libc::AT_FDCWD,
+                path.as_ptr(),
+                *mode
+            )),
             CStep::Touch { path, mode } => {
-                let fd = libc::open(
+                let fd = check(sys!(
+                    libc::SYS_openat,
+                    libc::AT_FDCWD,
                     path.as_ptr(),
                     libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC,
-                    *mode,
-                );
-                if fd < 0 {
-                    return -1;
-                }
-                libc::close(fd)
+                    *mode
+                ))?;
+                ok(sys!(libc::SYS_close, fd))
             }
-            CStep::Symlink { target, link } => {
-                let rc = libc::symlink(target.as_ptr(), link.as_ptr());
-                if rc != 0 && errno() == libc::EEXIST {
-                    0
-                } else {
-                    rc
-                }
-            }
+            CStep::Symlink { target, link } => exists_ok(sys!(
+                libc::SYS_symlinkat,
+                target.as_ptr(),
+                libc::AT_FDCWD,
+                link.as_ptr()
+            )),
             CStep::PivotRoot { new_root } => {
-                if libc::chdir(new_root.as_ptr()) != 0 {
-                    return -1;
-                }
-                if libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) != 0 {
-                    return -1;
-                }
-                if libc::umount2(c".".as_ptr(), libc::MNT_DETACH) != 0 {
-                    return -1;
-                }
-                libc::chdir(c"/".as_ptr())
+                ok(sys!(libc::SYS_chdir, new_root.as_ptr()))?;
+                ok(sys!(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()))?;
+                ok(sys!(libc::SYS_umount2, c".".as_ptr(), libc::MNT_DETACH))?;
+                ok(sys!(libc::SYS_chdir, c"/".as_ptr()))
             }
             CStep::LoopbackUp => loopback_up(),
-            CStep::Hostname(h) => libc::sethostname(h.as_ptr(), h.as_bytes().len()),
+            CStep::Hostname(h) => ok(sys!(libc::SYS_sethostname, h.as_ptr(), h.as_bytes().len())),
             CStep::Mask { path } => mask(p, path),
             CStep::ReadOnly { path } => read_only(path),
         }
     }
 }
 
-/// `Some(is_dir)` for an existing path, `None` if it does not exist, `Err` on other errors.
+/// `Some(is_dir)` for an existing path, `None` if it does not exist.
 ///
 /// # Safety
 /// `path` is a valid C string.
-unsafe fn kind(path: &std::ffi::CStr) -> Result<Option<bool>, ()> {
-    // SAFETY: stat into a zeroed local buffer.
-    unsafe {
-        let mut st: libc::stat = std::mem::zeroed();
-        if libc::stat(path.as_ptr(), &mut st) != 0 {
-            return if errno() == libc::ENOENT {
-                Ok(None)
-            } else {
-                Err(())
-            };
-        }
-        Ok(Some(st.st_mode & libc::S_IFMT == libc::S_IFDIR))
+unsafe fn kind(path: &std::ffi::CStr) -> Result<Option<bool>, Errno> {
+    // SAFETY: a zeroed stat is a valid buffer for the kernel's (x86_64: same layout) to fill.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: stat into the local buffer.
+    let rc = unsafe {
+        sys!(
+            libc::SYS_newfstatat,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            &mut st as *mut libc::stat,
+            0
+        )
+    };
+    match ok(rc) {
+        Ok(()) => Ok(Some(st.st_mode & libc::S_IFMT == libc::S_IFDIR)),
+        Err(libc::ENOENT) => Ok(None),
+        Err(e) => Err(e),
     }
 }
 
 /// # Safety
 /// Raw mounts on prepared C strings.
-unsafe fn mask(p: &Prepared, path: &std::ffi::CStr) -> i32 {
+unsafe fn mask(p: &Prepared, path: &std::ffi::CStr) -> Result<(), Errno> {
+    let null = std::ptr::null::<libc::c_char>();
     // SAFETY: pointers come from C strings that outlive the call.
     unsafe {
-        match kind(path) {
-            Err(()) => -1,
-            Ok(None) => 0,
-            Ok(Some(true)) => libc::mount(
+        match kind(path)? {
+            None => Ok(()),
+            Some(true) => ok(sys!(
+                libc::SYS_mount,
                 p.tmpfs.as_ptr(),
                 path.as_ptr(),
                 p.tmpfs.as_ptr(),
                 libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-                p.mask_opts.as_ptr().cast(),
-            ),
-            Ok(Some(false)) => libc::mount(
+                p.mask_opts.as_ptr()
+            )),
+            Some(false) => ok(sys!(
+                libc::SYS_mount,
                 p.dev_null.as_ptr(),
                 path.as_ptr(),
-                std::ptr::null(),
+                null,
                 libc::MS_BIND,
-                std::ptr::null(),
-            ),
+                null
+            )),
         }
     }
 }
 
 /// # Safety
 /// Raw mounts on a prepared C string.
-unsafe fn read_only(path: &std::ffi::CStr) -> i32 {
+unsafe fn read_only(path: &std::ffi::CStr) -> Result<(), Errno> {
+    let null = std::ptr::null::<libc::c_char>();
     // SAFETY: pointers come from C strings that outlive the call.
     unsafe {
-        match kind(path) {
-            Err(()) => -1,
-            Ok(None) => 0,
-            Ok(Some(_)) => {
-                if libc::mount(
-                    path.as_ptr(),
-                    path.as_ptr(),
-                    std::ptr::null(),
-                    libc::MS_BIND | libc::MS_REC,
-                    std::ptr::null(),
-                ) != 0
-                {
-                    return -1;
-                }
-                libc::mount(
-                    std::ptr::null(),
-                    path.as_ptr(),
-                    std::ptr::null(),
-                    libc::MS_BIND
-                        | libc::MS_REMOUNT
-                        | libc::MS_RDONLY
-                        | libc::MS_NOSUID
-                        | libc::MS_NODEV
-                        | libc::MS_NOEXEC,
-                    std::ptr::null(),
-                )
-            }
+        if kind(path)?.is_none() {
+            return Ok(());
         }
+        ok(sys!(
+            libc::SYS_mount,
+            path.as_ptr(),
+            path.as_ptr(),
+            null,
+            libc::MS_BIND | libc::MS_REC,
+            null
+        ))?;
+        ok(sys!(
+            libc::SYS_mount,
+            null,
+            path.as_ptr(),
+            null,
+            libc::MS_BIND
+                | libc::MS_REMOUNT
+                | libc::MS_RDONLY
+                | libc::MS_NOSUID
+                | libc::MS_NODEV
+                | libc::MS_NOEXEC,
+            null
+        ))
     }
 }
 
 /// # Safety
 /// Raw ioctls on a local socket.
-unsafe fn loopback_up() -> i32 {
+unsafe fn loopback_up() -> Result<(), Errno> {
+    // SAFETY: a new socket of our own.
+    let fd = check(unsafe {
+        sys!(
+            libc::SYS_socket,
+            libc::AF_INET,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+            0
+        )
+    })?;
     // SAFETY: a zeroed ifreq is valid; the name fits in IFNAMSIZ.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *dst = *src as libc::c_char;
+    }
+    let r = &mut req as *mut libc::ifreq;
+    // SAFETY: the ioctls read and write the local ifreq; the socket is ours to close.
     unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
-        if fd < 0 {
-            return -1;
-        }
-        let mut req: libc::ifreq = std::mem::zeroed();
-        for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
-            *dst = *src as libc::c_char;
-        }
-        if libc::ioctl(fd, libc::SIOCGIFFLAGS as _, &mut req) != 0 {
-            libc::close(fd);
-            return -1;
-        }
-        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
-        let rc = libc::ioctl(fd, libc::SIOCSIFFLAGS as _, &mut req);
-        libc::close(fd);
+        let rc = ok(sys!(libc::SYS_ioctl, fd, libc::SIOCGIFFLAGS, r)).and_then(|()| {
+            req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+            ok(sys!(libc::SYS_ioctl, fd, libc::SIOCSIFFLAGS, r))
+        });
+        sys!(libc::SYS_close, fd);
         rc
+    }
+}
+
+/// The kernel's `struct sigaction` on x86_64 (not libc's).
+#[repr(C)]
+struct KernelSigaction {
+    handler: usize,
+    flags: u64,
+    restorer: usize,
+    mask: u64,
+}
+
+/// Every signal's disposition back to the default (the child inherits the daemon's handlers,
+/// which must never run on its shared memory; all signals are blocked until the exec).
+///
+/// # Safety
+/// In the launch child.
+unsafe fn default_handlers() {
+    let dfl = KernelSigaction {
+        handler: libc::SIG_DFL,
+        flags: 0,
+        restorer: 0,
+        mask: 0,
+    };
+    for sig in 1..=64 {
+        if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+            // SAFETY: a valid kernel sigaction for an 8-byte signal set.
+            unsafe {
+                sys!(
+                    libc::SYS_rt_sigaction,
+                    sig,
+                    &dfl as *const KernelSigaction,
+                    0,
+                    8
+                );
+            }
+        }
+    }
+}
+
+/// Place `fd` at `target` (not close-on-exec there).
+///
+/// # Safety
+/// In the launch child, on its own fds.
+unsafe fn place(fd: RawFd, target: RawFd) -> Result<(), Errno> {
+    // SAFETY: fd-table operations on our own fds.
+    unsafe {
+        if fd == target {
+            ok(sys!(libc::SYS_fcntl, fd, libc::F_SETFD, 0))
+        } else {
+            ok(sys!(libc::SYS_dup3, fd, target, 0))
+        }
+    }
+}
+
+/// Move `fd` above the low numbers (close-on-exec).
+///
+/// # Safety
+/// In the launch child, on its own fds.
+unsafe fn lift(fd: RawFd) -> Result<RawFd, Errno> {
+    // SAFETY: F_DUPFD_CLOEXEC on our own fd.
+    check(unsafe { sys!(libc::SYS_fcntl, fd, libc::F_DUPFD_CLOEXEC, 64) }).map(|f| f as RawFd)
+}
+
+/// stdin/stdout `/dev/null`, stderr and fd 3 as prepared, the binary's fd lifted; every other fd
+/// close-on-exec. Returns the binary's fd.
+///
+/// # Safety
+/// In the launch child.
+unsafe fn arrange_fds(p: &Prepared) -> Result<RawFd, Errno> {
+    // SAFETY: fd-table operations on our own fds.
+    unsafe {
+        let exe = lift(p.exe.as_raw_fd())?;
+        let fd3 = lift(p.fd3)?;
+        let err = lift(p.stderr)?;
+        let null = check(sys!(
+            libc::SYS_openat,
+            libc::AT_FDCWD,
+            p.dev_null.as_ptr(),
+            libc::O_RDWR | libc::O_CLOEXEC,
+            0
+        ))? as RawFd;
+        place(null, 0)?;
+        place(null, 1)?;
+        place(err, 2)?;
+        place(fd3, 3)?;
+        const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+        ok(sys!(
+            libc::SYS_close_range,
+            4u32,
+            u32::MAX,
+            CLOSE_RANGE_CLOEXEC
+        ))?;
+        Ok(exe)
     }
 }
 
 /// The whole child: receive the trees, become the sandbox's root, run the steps, exec.
 ///
 /// # Safety
-/// Must be called only in the child right after [`clone3`].
-pub(super) unsafe fn run(p: &Prepared, sock: RawFd, parent_end: RawFd) -> ! {
+/// Must be called only in the child right after the launch clone, with every signal blocked.
+pub(super) unsafe fn run(p: &Prepared) -> ! {
     let base = p.steps.len();
+    let sock = p.sock;
     // SAFETY: raw syscalls on fds and buffers prepared before the clone.
     unsafe {
-        libc::close(parent_end);
-        libc::umask(0);
+        default_handlers();
+        sys!(libc::SYS_close, p.parent_end);
+        sys!(libc::SYS_umask, 0);
         let mut trees = [-1 as RawFd; MAX_TREES];
-        if recv_fds(sock, &mut trees) < 0 {
-            fail(sock, base, errno());
+        if let Err(e) = recv_fds(sock, &mut trees) {
+            fail(sock, base, e);
         }
-        // Raw syscalls, not libc's wrappers: glibc's set*id broadcast the change to every thread
-        // it believes exists, and after a raw clone it still believes in the parent's threads
-        // (it would wait forever for them).
-        if libc::syscall(libc::SYS_setresgid, 0, 0, 0) != 0
-            || libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()) != 0
-            || libc::syscall(libc::SYS_setresuid, 0, 0, 0) != 0
+        // Raw syscalls also because glibc's set*id broadcast the change to every thread it
+        // believes exists, i.e. the daemon's.
+        if let Err(e) = ok(sys!(libc::SYS_setresgid, 0, 0, 0))
+            .and_then(|()| ok(sys!(libc::SYS_setgroups, 0, 0)))
+            .and_then(|()| ok(sys!(libc::SYS_setresuid, 0, 0, 0)))
         {
-            fail(sock, base + 1, errno());
+            fail(sock, base + 1, e);
         }
         for (i, s) in p.steps.iter().enumerate() {
-            if step(p, s, &trees) != 0 {
-                fail(sock, i, errno());
+            if let Err(e) = step(p, s, &trees) {
+                fail(sock, i, e);
             }
         }
-        if super::harden::limits_and_caps(&p.hardening) != 0 {
-            fail(sock, base + 4, errno());
+        if let Err(e) = super::harden::limits_and_caps(&p.hardening) {
+            fail(sock, base + 4, e);
         }
         for fd in trees.iter().filter(|fd| **fd >= 0) {
-            libc::close(*fd);
+            sys!(libc::SYS_close, *fd);
         }
-        // Move what we keep above the low numbers before filling 0..=3.
-        let exe = libc::fcntl(p.exe.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 64);
-        let fd3 = libc::fcntl(p.fd3, libc::F_DUPFD_CLOEXEC, 64);
-        let err = libc::fcntl(p.stderr, libc::F_DUPFD_CLOEXEC, 64);
-        let null = libc::open(p.dev_null.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC);
-        if exe < 0 || fd3 < 0 || err < 0 || null < 0 {
-            fail(sock, base + 2, errno());
-        }
-        if libc::dup2(null, 0) < 0
-            || libc::dup2(null, 1) < 0
-            || libc::dup2(err, 2) < 0
-            || libc::dup2(fd3, 3) < 0
-        {
-            fail(sock, base + 2, errno());
-        }
-        const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
-        if libc::syscall(libc::SYS_close_range, 4u32, u32::MAX, CLOSE_RANGE_CLOEXEC) != 0 {
-            fail(sock, base + 2, errno());
-        }
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
-        for sig in 1..libc::SIGRTMAX() {
-            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-                libc::signal(sig, libc::SIG_DFL);
-            }
-        }
-        libc::umask(0o022);
+        let exe = match arrange_fds(p) {
+            Ok(fd) => fd,
+            Err(e) => fail(sock, base + 2, e),
+        };
+        sys!(libc::SYS_umask, 0o022);
         if let Some(prog) = &p.hardening.seccomp
-            && crate::seccomp::install(prog) != 0
+            && let Err(e) = crate::seccomp::install(prog)
         {
-            fail(sock, base + 5, errno());
+            fail(sock, base + 5, e);
         }
-        libc::syscall(
+        let none: u64 = 0;
+        sys!(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK,
+            &none as *const u64,
+            0,
+            8
+        );
+        let rc = sys!(
             libc::SYS_execveat,
             exe,
             p.empty.as_ptr(),
             p.argv_ptrs.as_ptr(),
             p.env_ptrs.as_ptr(),
-            AT_EMPTY_PATH,
+            AT_EMPTY_PATH
         );
-        fail(sock, base + 3, errno())
+        fail(sock, base + 3, check(rc).err().unwrap_or(libc::EIO))
     }
 }

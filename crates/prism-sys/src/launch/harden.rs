@@ -1,6 +1,8 @@
 //! The last things the launch child does before `execveat`: resource limits, the capability
 //! sets, and (`no_new_privs` plus) the seccomp filter. Everything is prepared in the parent.
 
+use super::child::{Errno, ok};
+use crate::raw::sys;
 use crate::seccomp::Program;
 
 /// A resource limit to set on the sandbox's first process (inherited by all of its children).
@@ -49,11 +51,11 @@ struct CapData {
     inheritable: u32,
 }
 
-/// Limits and capabilities; returns 0 or -1 with errno set. Raw syscalls only.
+/// Limits and capabilities. Raw syscalls only (see `child.rs`).
 ///
 /// # Safety
 /// Called in the launch child.
-pub(super) unsafe fn limits_and_caps(h: &Hardening) -> i32 {
+pub(super) unsafe fn limits_and_caps(h: &Hardening) -> Result<(), Errno> {
     // SAFETY: raw syscalls on local memory.
     unsafe {
         for (res, soft, hard) in &h.rlimits {
@@ -61,39 +63,33 @@ pub(super) unsafe fn limits_and_caps(h: &Hardening) -> i32 {
                 rlim_cur: *soft,
                 rlim_max: *hard,
             };
-            if libc::syscall(
+            ok(sys!(
                 libc::SYS_prlimit64,
                 0,
                 res.resource(),
                 &new as *const libc::rlimit64,
-                std::ptr::null_mut::<libc::rlimit64>(),
-            ) != 0
-            {
-                return -1;
-            }
+                0
+            ))?;
         }
         let Some(keep) = h.keep_caps else {
-            return 0;
+            return Ok(());
         };
         for cap in 0..64u64 {
-            if keep & (1 << cap) == 0
-                && libc::syscall(libc::SYS_prctl, libc::PR_CAPBSET_DROP, cap, 0, 0, 0) != 0
-                && super::child::errno() != libc::EINVAL
-            {
-                return -1;
+            if keep & (1 << cap) == 0 {
+                match ok(sys!(libc::SYS_prctl, libc::PR_CAPBSET_DROP, cap, 0, 0, 0)) {
+                    Ok(()) | Err(libc::EINVAL) => {}
+                    Err(e) => return Err(e),
+                }
             }
         }
-        if libc::syscall(
+        ok(sys!(
             libc::SYS_prctl,
             libc::PR_CAP_AMBIENT,
             libc::PR_CAP_AMBIENT_CLEAR_ALL,
             0,
             0,
-            0,
-        ) != 0
-        {
-            return -1;
-        }
+            0
+        ))?;
         let header = CapHeader {
             version: CAP_V3,
             pid: 0,
@@ -112,6 +108,10 @@ pub(super) unsafe fn limits_and_caps(h: &Hardening) -> i32 {
                 inheritable: hi,
             },
         ];
-        libc::syscall(libc::SYS_capset, &header as *const CapHeader, data.as_ptr()) as i32
+        ok(sys!(
+            libc::SYS_capset,
+            &header as *const CapHeader,
+            data.as_ptr()
+        ))
     }
 }

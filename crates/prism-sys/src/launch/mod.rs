@@ -3,8 +3,9 @@
 //! and exec.
 //!
 //! The parent (a thread of the multi-threaded daemon) prepares every string and buffer before the
-//! clone; the child then makes only raw syscalls — no allocation, no locks — until `execveat`,
-//! because another thread may have held the allocator's lock at the moment of the clone.
+//! clone; the child shares the daemon's memory (`CLONE_VM`, see `clone.rs`) and makes only raw
+//! syscalls — no libc function, no allocation, no locks, no writes but to its own stack — until
+//! `execveat` (see `child.rs`).
 //!
 //! Parent and child talk over a `SOCK_SEQPACKET` pair: the parent sends the idmapped mount trees
 //! (`SCM_RIGHTS`) once the id maps are written and the child is in its cgroup; the child answers
@@ -12,6 +13,7 @@
 //! exec happened) or with `(step, errno)` on failure.
 
 mod child;
+mod clone;
 mod harden;
 mod prepare;
 
@@ -153,29 +155,37 @@ pub fn launch(
         return Err(LaunchError::TooManyTrees(cfg.trees.len()));
     }
     let t0 = std::time::Instant::now();
-    let prepared = Prepared::new(cfg)?;
+    // Boxed: the child reads it through a pointer until it has exec'd or exited.
+    let mut prepared = Box::new(Prepared::new(cfg)?);
     let (parent_sock, child_sock) = seqpacket_pair().map_err(parent_err("socketpair"))?;
+    prepared.sock = child_sock.as_raw_fd();
+    prepared.parent_end = parent_sock.as_raw_fd();
     let flags = (libc::CLONE_NEWUSER
         | libc::CLONE_NEWNS
         | libc::CLONE_NEWPID
         | libc::CLONE_NEWUTS
         | libc::CLONE_NEWIPC
-        | libc::CLONE_NEWNET) as u64
-        | libc::CLONE_PIDFD as u64;
+        | libc::CLONE_NEWNET) as u64;
+    let stack = clone::ChildStack::take().map_err(parent_err("mapping the child's stack"))?;
+    let dumpable = clone::DumpableGuard::new();
     let mut pidfd: RawFd = -1;
-    // SAFETY: clone3 without CLONE_VM and with no stack behaves like fork: the child gets a copy of
-    // this address space and returns 0 here. The child runs only `child::run`, which makes raw
-    // syscalls on memory prepared above and never returns.
-    let pid = unsafe { child::clone3(flags, &mut pidfd) };
+    let pid = {
+        let blocked = clone::SignalsBlocked::new().map_err(parent_err("blocking signals"))?;
+        // SAFETY: every signal is blocked on this thread (until `blocked` drops, right after);
+        // `prepared` and `stack` live until the child has exec'd or exited: below, the success
+        // path returns only after end-of-file on the launch socket, the error path only after
+        // the child was killed and reaped.
+        let pid = unsafe { clone::clone_vm(flags, &stack, &prepared, &mut pidfd) };
+        drop(blocked);
+        pid
+    };
     if pid < 0 {
+        stack.give_back();
+        drop(dumpable);
         return Err(LaunchError::Parent {
             op: "clone3",
-            source: io::Error::last_os_error(),
+            source: io::Error::from_raw_os_error(-pid as i32),
         });
-    }
-    if pid == 0 {
-        // SAFETY: we are the freshly cloned child; see `child::run`.
-        unsafe { child::run(&prepared, child_sock.as_raw_fd(), parent_sock.as_raw_fd()) }
     }
     drop(child_sock);
     // SAFETY: clone3 stored a new pidfd that nothing else owns.
@@ -183,7 +193,17 @@ pub fn launch(
     let pid = pid as u32;
     let launched = Launched { pid, pidfd };
     let cloned = t0.elapsed();
-    match parent_side(cfg, pid, &parent_sock, on_spawn) {
+    let outcome = parent_side(cfg, pid, &parent_sock, on_spawn);
+    if outcome.is_err() {
+        let _ = crate::proc::pidfd_kill(&launched.pidfd, libc::SIGKILL);
+        let _ = crate::proc::pidfd_wait(&launched.pidfd);
+    }
+    // The child has exec'd (end-of-file), or reported a failure and was reaped: it no longer
+    // runs on this memory.
+    stack.give_back();
+    drop(prepared);
+    drop(dumpable);
+    match outcome {
         Ok(t) => {
             tracing::debug!(
                 message = "launch timing",
@@ -196,11 +216,7 @@ pub fn launch(
             );
             Ok(launched)
         }
-        Err(err) => {
-            let _ = crate::proc::pidfd_kill(&launched.pidfd, libc::SIGKILL);
-            let _ = crate::proc::pidfd_wait(&launched.pidfd);
-            Err(err)
-        }
+        Err(err) => Err(err),
     }
 }
 

@@ -55,6 +55,10 @@ pub struct Prepared {
     pub(crate) steps: Vec<CStep>,
     pub(crate) exe: OwnedFd,
     pub(crate) fd3: RawFd,
+    /// The child's end of the launch socket and the parent's (which the child closes); set by
+    /// `launch` once the pair exists.
+    pub(crate) sock: RawFd,
+    pub(crate) parent_end: RawFd,
     pub(crate) stderr: RawFd,
     pub(crate) dev_null: CString,
     pub(crate) empty: CString,
@@ -155,6 +159,8 @@ impl Prepared {
             steps,
             exe,
             fd3: cfg.fd3.as_raw_fd(),
+            sock: -1,
+            parent_end: -1,
             stderr: cfg.stderr.as_raw_fd(),
             dev_null: cstring("path", "/dev/null")?,
             empty: cstring("path", "")?,
