@@ -301,7 +301,10 @@ fn frozen_cgroup_can_be_thawed_and_destroyed() -> TestResult {
     // The busy loop is off the CPU while frozen (the kernel confirmed the freeze already).
     let stat = std::fs::read_to_string(format!("/proc/{}/stat", child.id()))?;
     let state = stat.rsplit_once(") ").map(|(_, rest)| &rest[..1]);
-    assert!(matches!(state, Some("D" | "S")), "frozen task state {state:?}");
+    assert!(
+        matches!(state, Some("D" | "S")),
+        "frozen task state {state:?}"
+    );
     let frozen_at = f.cgroups.stats("frz")?.cpu_usage_ns;
     f.cgroups.thaw("frz")?;
     f.cgroups.freeze("frz")?;

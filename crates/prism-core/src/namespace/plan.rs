@@ -157,7 +157,7 @@ pub fn plan(
     }
     let root = dirs.rootfs();
     let mut trees = Vec::new();
-    let mut steps = vec![Step::UnshareCgroup, Step::MakeRootPrivate];
+    let mut steps = vec![Step::MakeRootPrivate];
     for (i, layer) in rootfs.mounts.iter().enumerate() {
         if layer.lowers.is_empty() {
             return Err(RuntimeError::InvalidSpec(format!(
@@ -261,6 +261,8 @@ pub fn plan(
     steps.push(Step::LoopbackUp);
     steps.push(Step::Hostname(hostname.to_string()));
     steps.push(Step::PivotRoot { new_root: root });
+    // Last: it waits until the parent placed the sandbox in its cgroup (see `Step::UnshareCgroup`).
+    steps.push(Step::UnshareCgroup);
     Ok(MountPlan {
         trees,
         device_tree,
@@ -328,10 +330,11 @@ impl MountPlan {
                 path: under(&root, p)?,
             });
         }
-        let at = match self.steps.last() {
-            Some(Step::PivotRoot { .. }) => self.steps.len() - 1,
-            _ => self.steps.len(),
-        };
+        let at = self
+            .steps
+            .iter()
+            .position(|s| matches!(s, Step::PivotRoot { .. }))
+            .unwrap_or(self.steps.len());
         self.steps.splice(at..at, extra);
         Ok(())
     }

@@ -67,9 +67,12 @@ fn plan_idmaps_every_lower_and_overlays_each_layer() {
         .position(|s| matches!(s, Step::Mount { target, .. } if target.ends_with("rootfs/usr")))
         .unwrap();
     assert!(attach < usr);
-    // The last step pivots into the new root; the cgroup namespace is made first.
-    assert_eq!(p.steps.first(), Some(&Step::UnshareCgroup));
-    assert!(matches!(p.steps.last(), Some(Step::PivotRoot { .. })));
+    // The mounts, then the pivot into the new root; the cgroup namespace is made last (it
+    // waits for the cgroup placement, which overlaps the mounts).
+    assert_eq!(p.steps.first(), Some(&Step::MakeRootPrivate));
+    let n = p.steps.len();
+    assert!(matches!(p.steps[n - 2], Step::PivotRoot { .. }));
+    assert_eq!(p.steps.last(), Some(&Step::UnshareCgroup));
 }
 
 #[test]

@@ -36,6 +36,20 @@ fn fail(sock: RawFd, step: usize, errno: Errno) -> ! {
     }
 }
 
+/// Wait for the parent's word that the child is in its cgroup (one byte; end-of-file means the
+/// parent gave up).
+///
+/// # Safety
+/// `sock` must be a valid socket.
+unsafe fn wait_placed(sock: RawFd) -> Result<(), Errno> {
+    let mut byte = 0u8;
+    // SAFETY: reading one byte into a local.
+    match check(unsafe { sys!(libc::SYS_read, sock, &mut byte as *mut u8, 1) })? {
+        1 => Ok(()),
+        _ => Err(libc::EPIPE),
+    }
+}
+
 /// Receive up to [`MAX_TREES`] fds into `out`; returns how many arrived.
 ///
 /// # Safety
@@ -402,10 +416,22 @@ pub(super) unsafe fn run(p: &Prepared) -> ! {
         {
             fail(sock, base + 1, e);
         }
+        // The parent places the child in its cgroup while the mounts run; the cgroup namespace
+        // (rooted at the cgroup the child is in) and everything after the steps wait for it.
+        let mut placed = false;
         for (i, s) in p.steps.iter().enumerate() {
+            if matches!(s, CStep::UnshareCgroup) && !placed {
+                if let Err(e) = wait_placed(sock) {
+                    fail(sock, base + 6, e);
+                }
+                placed = true;
+            }
             if let Err(e) = step(p, s, &trees) {
                 fail(sock, i, e);
             }
+        }
+        if !placed && let Err(e) = wait_placed(sock) {
+            fail(sock, base + 6, e);
         }
         if let Err(e) = super::harden::limits_and_caps(&p.hardening) {
             fail(sock, base + 4, e);

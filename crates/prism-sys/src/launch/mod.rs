@@ -8,9 +8,11 @@
 //! `execveat` (see `child.rs`).
 //!
 //! Parent and child talk over a `SOCK_SEQPACKET` pair: the parent sends the idmapped mount trees
-//! (`SCM_RIGHTS`) once the id maps are written and the child is in its cgroup; the child answers
-//! with nothing on success (its end is close-on-exec, so the parent reads end-of-file once the
-//! exec happened) or with `(step, errno)` on failure.
+//! (`SCM_RIGHTS`) once the id maps are written, then places the child in its cgroup while the
+//! child mounts (two cores work at once), then sends one byte: the child waits for it before
+//! its cgroup namespace, limits and exec ([`Step::UnshareCgroup`]). The child answers with
+//! nothing on success (its end is close-on-exec, so the parent reads end-of-file once the exec
+//! happened) or with `(step, errno)` on failure.
 
 mod child;
 mod clone;
@@ -30,7 +32,9 @@ pub use prepare::Prepared;
 /// that moment (host paths before `PivotRoot`, sandbox paths after it).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
-    /// `unshare(CLONE_NEWCGROUP)`: done after the parent placed the child in its cgroup.
+    /// `unshare(CLONE_NEWCGROUP)`. The parent places the child in its cgroup while the child
+    /// runs its steps; this step (or, without it, the end of the steps) waits for that. Put it
+    /// late so that the mounts before it overlap the placement.
     UnshareCgroup,
     /// Make every mount private so nothing propagates back to the host.
     MakeRootPrivate,
@@ -237,8 +241,7 @@ fn parent_side(
         .write_maps(pid)
         .map_err(parent_err("writing id maps"))?;
     let maps = lap();
-    on_spawn(pid).map_err(parent_err("placing the sandbox"))?;
-    let cgroup = lap();
+    // The trees first: the child mounts them while this thread places it in its cgroup.
     let userns = crate::ids::open_userns(pid).map_err(parent_err("opening the user namespace"))?;
     let mut trees = Vec::with_capacity(cfg.trees.len());
     for (i, path) in cfg.trees.iter().enumerate() {
@@ -250,9 +253,31 @@ fn parent_side(
     crate::fdpass::send_fds(sock, &trees).map_err(parent_err("handing mounts to the sandbox"))?;
     drop(trees);
     let made = lap();
+    on_spawn(pid).map_err(parent_err("placing the sandbox"))?;
+    let cgroup = lap();
+    // SAFETY: sending one byte from a local; MSG_NOSIGNAL: a child that already failed and
+    // closed its end makes this fail with EPIPE instead of raising SIGPIPE.
+    let sent = unsafe {
+        libc::send(
+            sock.as_raw_fd(),
+            [1u8].as_ptr().cast(),
+            1,
+            libc::MSG_NOSIGNAL,
+        )
+    };
+    // A failed send leaves the child's report (read below) as the answer.
+    let _ = sent;
     let mut report = [0u8; 8];
-    // SAFETY: reading into a local buffer of the stated length.
-    let n = unsafe { libc::read(sock.as_raw_fd(), report.as_mut_ptr().cast(), report.len()) };
+    let read = |report: &mut [u8; 8]| {
+        // SAFETY: reading into a local buffer of the stated length.
+        unsafe { libc::read(sock.as_raw_fd(), report.as_mut_ptr().cast(), report.len()) }
+    };
+    let mut n = read(&mut report);
+    // A child that failed before reading the placement byte closed its end with that byte
+    // unread, which the kernel reports here once as ECONNRESET; its report is still queued.
+    if n < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ECONNRESET) {
+        n = read(&mut report);
+    }
     match n {
         0 => Ok([maps, cgroup, made, lap()]),
         8 => {
@@ -281,6 +306,7 @@ fn describe_step(cfg: &LaunchConfig, step: usize) -> String {
             Some(3) => "exec of the sandbox's init".into(),
             Some(4) => "setting limits and capabilities".into(),
             Some(5) => "installing the seccomp filter".into(),
+            Some(6) => "waiting to be placed in the cgroup".into(),
             _ => "unknown".into(),
         },
     }
