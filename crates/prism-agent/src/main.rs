@@ -19,6 +19,7 @@ mod ports;
 mod process;
 mod reaper;
 mod server;
+mod timeline;
 mod users;
 mod watch;
 
@@ -34,6 +35,7 @@ use tokio::net::UnixListener;
 use tokio::signal::unix::{SignalKind, signal};
 
 fn main() -> anyhow::Result<()> {
+    timeline::mark(timeline::Mark::Main);
     let args = match args::parse(std::env::args_os().skip(1)) {
         Ok(args::Parsed::Run(a)) => a,
         Ok(args::Parsed::Help) => {
@@ -66,6 +68,7 @@ fn main() -> anyhow::Result<()> {
         .thread_keep_alive(Duration::from_secs(5))
         .build()
         .context("cannot build the runtime")?;
+    timeline::mark(timeline::Mark::Runtime);
     runtime.block_on(run(args))
 }
 
@@ -101,11 +104,13 @@ async fn run(args: args::Args) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     tracing::info!(pid = std::process::id(), "prism-agent serving");
+    timeline::mark(timeline::Mark::Serving);
 
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
+                    timeline::mark(timeline::Mark::Accepted);
                     let app = app.clone();
                     tokio::spawn(async move {
                         let svc = service_fn(move |req| server::handle(app.clone(), req));
