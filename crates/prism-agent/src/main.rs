@@ -34,6 +34,11 @@ use hyper_util::rt::TokioIo;
 use tokio::net::UnixListener;
 use tokio::signal::unix::{SignalKind, signal};
 
+/// Small allocations of the start-up and the first requests come from one static arena
+/// (`prism_sys::alloc`): consecutive `.bss` pages instead of a fresh mapping per size class.
+#[global_allocator]
+static ALLOC: prism_sys::alloc::StartupArena<{ 64 * 1024 }> = prism_sys::alloc::StartupArena::new();
+
 fn main() -> anyhow::Result<()> {
     timeline::mark(timeline::Mark::Main);
     let args = match args::parse(std::env::args_os().skip(1)) {

@@ -111,7 +111,10 @@ mod tests {
         let first = STAMPS[Mark::Accepted as usize].load(Ordering::Relaxed);
         assert_ne!(first, 0);
         mark(Mark::Accepted);
-        assert_eq!(STAMPS[Mark::Accepted as usize].load(Ordering::Relaxed), first);
+        assert_eq!(
+            STAMPS[Mark::Accepted as usize].load(Ordering::Relaxed),
+            first
+        );
         let l = line();
         assert!(l.starts_with("prism-agent timeline: main="), "{l}");
         assert!(l.contains(&format!(" accepted={first} ")), "{l}");

@@ -268,8 +268,12 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("prism-users-cache-{}", std::process::id()));
         std::fs::create_dir_all(&dir).ok();
         let (passwd, group) = (dir.join("passwd"), dir.join("group"));
-        std::fs::write(&passwd, "u:x:1000:1000::/home/u:/bin/sh
-").ok();
+        std::fs::write(
+            &passwd,
+            "u:x:1000:1000::/home/u:/bin/sh
+",
+        )
+        .ok();
         std::fs::write(&group, "").ok();
         let uid = |acc: &Accounts| acc.lookup("u").ok().map(|u| u.uid);
         // A file written just now is read but not cached.
@@ -283,19 +287,30 @@ mod tests {
         assert!(cached(&acc.passwd));
         assert_eq!(uid(&acc), Some(1000));
         // Edited in place (another size), replaced by a rename, removed: each seen at once.
-        std::fs::write(&passwd, "u:x:1001:1000::/home/u:/bin/sh
+        std::fs::write(
+            &passwd,
+            "u:x:1001:1000::/home/u:/bin/sh
 v:x:7:7::/:/bin/sh
-").ok();
+",
+        )
+        .ok();
         assert_eq!(uid(&acc), Some(1001));
         let tmp = dir.join("passwd.new");
-        std::fs::write(&tmp, "u:x:1002:1000::/home/u:/bin/sh
+        std::fs::write(
+            &tmp,
+            "u:x:1002:1000::/home/u:/bin/sh
 v:x:7:7::/:/bin/sh
-").ok();
+",
+        )
+        .ok();
         std::fs::rename(&tmp, &passwd).ok();
         assert_eq!(uid(&acc), Some(1002));
         std::fs::remove_file(&passwd).ok();
         assert_eq!(uid(&acc), None);
-        assert!(acc.lookup("root").is_ok(), "root works without a passwd file");
+        assert!(
+            acc.lookup("root").is_ok(),
+            "root works without a passwd file"
+        );
         std::fs::remove_dir_all(&dir).ok();
     }
 }

@@ -119,7 +119,11 @@ mod tests {
         rustix::io::write(&w, b"hi").expect("write");
         let got = pool.read(&r).expect("read");
         assert_eq!(got.as_deref(), Some(&b"hi"[..]));
-        assert_eq!(pool.free.lock().map(|f| f.len()).unwrap_or(9), 0, "no chunk was made");
+        assert_eq!(
+            pool.free.lock().map(|f| f.len()).unwrap_or(9),
+            0,
+            "no chunk was made"
+        );
         // More than the small buffer: one read returns it all, in a chunk.
         let big: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
         rustix::io::write(&w, &big).expect("write");
@@ -133,7 +137,10 @@ mod tests {
         // Exactly a small buffer's worth: the second read finds nothing and does not fail.
         let _ = pool.try_take();
         rustix::io::write(&w, &big[..COPY_BELOW]).expect("write");
-        assert_eq!(pool.read(&r).expect("read").as_deref(), Some(&big[..COPY_BELOW]));
+        assert_eq!(
+            pool.read(&r).expect("read").as_deref(),
+            Some(&big[..COPY_BELOW])
+        );
         assert!(matches!(pool.read(&r), Err(e) if e.kind() == io::ErrorKind::WouldBlock));
         drop(w);
         assert_eq!(pool.read(&r).expect("eof"), None);
