@@ -109,6 +109,7 @@ async fn run(args: args::Args) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     tracing::info!(pid = std::process::id(), "prism-agent serving");
+    warm_up(&app);
     timeline::mark(timeline::Mark::Serving);
 
     loop {
@@ -139,6 +140,13 @@ async fn run(args: args::Args) -> anyhow::Result<()> {
         .shutdown(Duration::from_secs(args.shutdown_grace_secs))
         .await;
     Ok(())
+}
+
+/// Work done before the first connection is accepted (time the runtime usually spends
+/// finishing the sandbox's start and the client connecting) instead of in the first request:
+/// read the account databases into their cache (see `users`).
+fn warm_up(app: &server::App) {
+    let _ = app.accounts.lookup("root");
 }
 
 /// Binds a fresh socket at `path`, replacing a stale socket file.

@@ -50,8 +50,11 @@ struct CachedFile {
     path: PathBuf,
     /// [`SETTLE`] (tests shorten it).
     settle: Duration,
-    cache: Arc<Mutex<Option<(FileKey, Arc<str>)>>>,
+    cache: Arc<Mutex<Option<Cached>>>,
 }
+
+/// A file's key and the contents read under it.
+type Cached = (FileKey, Arc<str>);
 
 /// What changes when a file does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
