@@ -37,7 +37,9 @@ use tokio::signal::unix::{SignalKind, signal};
 /// Small allocations of the start-up and the first requests come from one static arena
 /// (`prism_sys::alloc`): consecutive `.bss` pages instead of a fresh mapping per size class.
 #[global_allocator]
-static ALLOC: prism_sys::alloc::StartupArena<{ 64 * 1024 }> = prism_sys::alloc::StartupArena::new();
+static ALLOC: prism_sys::alloc::StartupArena<ARENA_BYTES> = prism_sys::alloc::StartupArena::new();
+/// The start-up arena's size.
+const ARENA_BYTES: usize = 96 * 1024;
 
 fn main() -> anyhow::Result<()> {
     timeline::mark(timeline::Mark::Main);

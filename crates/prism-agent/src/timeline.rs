@@ -7,7 +7,8 @@
 //! `Process.Start` request carries the [`HEADER`] (`prism-bench` sends it with
 //! `PRISM_BENCH_TIMELINE=1`): one line, just before that process's end event is sent, so a
 //! client that has seen the end finds the line in the log. `CLOCK_MONOTONIC` is the same
-//! clock inside and outside the sandbox, so the stamps line up with the client's.
+//! clock inside and outside the sandbox, so the stamps line up with the client's. A second
+//! line tells how much of the start-up arena (`prism_sys::alloc`) was used by then.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -94,11 +95,19 @@ pub fn line() -> String {
     out
 }
 
-/// Writes [`line`] to stderr.
+/// Writes [`line`] to stderr, and a second line with the bytes of the start-up arena used so
+/// far (`prism-agent arena: used=N of M`, see `prism_sys::alloc`).
 pub fn write() {
     use std::io::Write as _;
+    let arena = format!(
+        "prism-agent arena: used={} of {}\n",
+        crate::ALLOC.used(),
+        crate::ARENA_BYTES
+    );
     // Best effort: a debugging aid with nowhere else to go.
-    let _ = std::io::stderr().lock().write_all(line().as_bytes());
+    let _ = std::io::stderr()
+        .lock()
+        .write_all((line() + &arena).as_bytes());
 }
 
 #[cfg(test)]
