@@ -68,6 +68,8 @@ pub fn create_exec_destroy(
     };
     let (mut total, mut start, mut exec, mut destroy) = (vec![], vec![], vec![], vec![]);
     let agent_stats = std::env::var_os(AGENT_STATS).is_some();
+    let timeline = std::env::var_os(TIMELINE).is_some();
+    let mut timelines: Vec<Vec<(String, u64)>> = vec![];
     let (mut agent_cpu, mut agent_faults) = (vec![], vec![]);
     for i in 0..warmup + iterations {
         let id = format!("bench-{i}");
@@ -83,19 +85,36 @@ pub fn create_exec_destroy(
         let t1 = Instant::now();
         // The agent has exec'd when start returns (the launch waits for it).
         let before = agent_stats.then(|| task_stats(handle.pid)).flatten();
-        let client = AgentClient::new(&handle.agent_socket);
+        let mut stamps = Stamps::new(timeline);
+        let mut client = AgentClient::new(&handle.agent_socket);
+        if timeline {
+            client = client.with_header(
+                http::HeaderName::from_static("prism-timeline"),
+                http::HeaderValue::from_static("1"),
+            );
+        }
         let code = rt
             .block_on(async {
                 let mut events = client.start(&req).await?;
+                stamps.mark("bench: response head");
                 let mut code = None;
                 while let Some(ev) = events.next().await {
-                    if let ProcessEvent::End(e) = ev? {
-                        code = Some(e.exit_code);
+                    match ev? {
+                        ProcessEvent::Start(_) => stamps.mark("bench: start event"),
+                        ProcessEvent::End(e) => {
+                            stamps.mark("bench: end event");
+                            code = Some(e.exit_code);
+                        }
+                        _ => {}
                     }
                 }
+                stamps.mark("bench: stream done");
                 Ok::<_, prism_proto::ProtoError>(code)
             })
             .context("exec through the agent")?;
+        if timeline && i >= warmup {
+            timelines.push(stamps.with_agent(&handle.agent_socket));
+        }
         if code != Some(0) {
             bail!("/bin/true in the sandbox ended with {code:?}");
         }
@@ -146,7 +165,115 @@ pub fn create_exec_destroy(
         );
         parts.push(("agent CPU to the first exec's end", agent_cpu));
     }
+    if timeline {
+        print_timeline(&timelines);
+    }
     Ok((total, parts))
+}
+
+/// Set (to anything) to print the first exec's timeline: `CLOCK_MONOTONIC` stamps of the
+/// bench and of the agent (which logs them when the request carries `prism-timeline: 1`), as
+/// offsets from `start` returning. Costs the agent one write to its log per sandbox.
+const TIMELINE: &str = "PRISM_BENCH_TIMELINE";
+
+/// `CLOCK_MONOTONIC` in nanoseconds (the clock of the agent's stamps, too).
+fn monotonic_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| {
+            u64::try_from(t.tv_sec()).unwrap_or_default() * 1_000_000_000
+                + u64::try_from(t.tv_nsec()).unwrap_or_default()
+        })
+        .unwrap_or_default()
+}
+
+/// The bench's stamps of one first exec, from `start` returning.
+struct Stamps {
+    on: bool,
+    list: Vec<(String, u64)>,
+}
+
+impl Stamps {
+    fn new(on: bool) -> Self {
+        let list = if on {
+            vec![("bench: start returned".to_string(), monotonic_ns())]
+        } else {
+            vec![]
+        };
+        Self { on, list }
+    }
+
+    fn mark(&mut self, name: &str) {
+        if self.on {
+            self.list.push((name.to_string(), monotonic_ns()));
+        }
+    }
+
+    /// Adds the agent's stamps, from the last timeline line of its log (next to its socket).
+    fn with_agent(mut self, socket: &Path) -> Vec<(String, u64)> {
+        let log = socket.with_file_name("agent.log");
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(line) = text
+            .lines()
+            .rev()
+            .find_map(|l| l.strip_prefix("prism-agent timeline:"))
+        {
+            for (k, v) in line.split_whitespace().filter_map(|kv| kv.split_once('=')) {
+                if let Ok(ns) = v.parse::<u64>()
+                    && ns > 0
+                {
+                    self.list.push((format!("agent: {k}"), ns));
+                }
+            }
+        }
+        self.list
+    }
+}
+
+/// Per stamp: the median offset from `start` returning, and the median step from the stamp
+/// before it (in the order of the median offsets).
+fn print_timeline(runs: &[Vec<(String, u64)>]) {
+    let mut names: Vec<String> = vec![];
+    for run in runs {
+        for (n, _) in run {
+            if !names.contains(n) {
+                names.push(n.clone());
+            }
+        }
+    }
+    let offset = |run: &[(String, u64)], name: &str| -> Option<i64> {
+        let base = run.first()?.1;
+        let t = run.iter().find(|(n, _)| n == name)?.1;
+        Some(i64::try_from(t).ok()? - i64::try_from(base).ok()?)
+    };
+    let median = |mut v: Vec<i64>| -> Option<i64> {
+        v.sort_unstable();
+        v.get(v.len() / 2).copied()
+    };
+    let mut rows: Vec<(String, i64)> = names
+        .iter()
+        .filter_map(|n| {
+            let v: Vec<i64> = runs.iter().filter_map(|r| offset(r, n)).collect();
+            median(v).map(|m| (n.clone(), m))
+        })
+        .collect();
+    rows.sort_by_key(|(_, m)| *m);
+    println!(
+        "first exec timeline (n = {}; ms from start returning, p50; step = p50 of the per-run step from the row above):",
+        runs.len()
+    );
+    let mut prev: Option<&str> = None;
+    for (name, m) in &rows {
+        let step = prev.and_then(|p| {
+            median(
+                runs.iter()
+                    .filter_map(|r| Some(offset(r, name)? - offset(r, p)?))
+                    .collect(),
+            )
+        });
+        let step = step.map_or(String::new(), |s| format!("  step {:+.3}", s as f64 / 1e6));
+        println!("  {name:<24} {:+.3}{step}", *m as f64 / 1e6);
+        prev = Some(name);
+    }
 }
 
 /// Set (to anything) to also read the agent's CPU time and page faults from /proc, from just

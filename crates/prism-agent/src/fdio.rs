@@ -35,16 +35,27 @@ impl AsyncPipe {
         self.fd.get_ref()
     }
 
-    /// Waits until a read would not block (data, EOF or an error is pending).
-    pub async fn readable(&self) -> io::Result<()> {
-        self.fd.readable().await.map(drop)
-    }
-
     /// Reads some bytes; `Ok(0)` at EOF (a PTY whose slave side is gone reads as EOF).
     pub async fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
             let mut guard = self.fd.readable().await?;
             match guard.try_io(|fd| read_fd(fd.get_ref(), buf)) {
+                Ok(r) => return r,
+                Err(_would_block) => continue,
+            }
+        }
+    }
+
+    /// Waits until the fd is readable and runs `f` on it, again after each `WouldBlock` it
+    /// returns (which also clears the readiness). `f` runs synchronously, so buffers it keeps
+    /// on its stack never live across an await.
+    pub async fn read_with<R>(
+        &self,
+        mut f: impl FnMut(&OwnedFd) -> io::Result<R>,
+    ) -> io::Result<R> {
+        loop {
+            let mut guard = self.fd.readable().await?;
+            match guard.try_io(|fd| f(fd.get_ref())) {
                 Ok(r) => return r,
                 Err(_would_block) => continue,
             }
@@ -76,7 +87,8 @@ impl AsyncPipe {
     }
 }
 
-fn read_fd(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<usize> {
+/// `read(2)`, with a PTY master's `EIO` (no slave left) read as EOF.
+pub fn read_fd(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<usize> {
     match rustix::io::read(fd, buf) {
         Ok(n) => Ok(n),
         // A PTY master reads EIO once every slave fd is closed.

@@ -38,6 +38,7 @@ impl Reaper {
                     let waiter = self.waiters.lock().ok().and_then(|mut w| w.remove(&raw));
                     match waiter {
                         Some(tx) => {
+                            crate::timeline::mark(crate::timeline::Mark::ExitSeen);
                             let _ = tx.send(status.as_raw());
                         }
                         None => tracing::debug!(pid = raw, "reaped an orphan"),

@@ -111,17 +111,24 @@ async fn rpc(
     let user = request_user(&app.accounts, &req);
     let streaming = is_stream(&req);
     let raw = wants_raw_output(&req);
+    let timeline = req
+        .headers()
+        .get(crate::timeline::HEADER)
+        .is_some_and(|v| v == "1");
     match (service, method) {
         (pr::SERVICE, "Start") => {
             let started = async {
                 let user = user?;
                 let msg: pr::StartRequest = read_message(req).await?;
+                crate::timeline::mark(crate::timeline::Mark::Parsed);
                 // Spawning is synchronous: the pid is registered with the reaper before we yield.
-                app.processes.start(msg, &user)
+                let started = app.processes.start(msg, &user);
+                crate::timeline::mark(crate::timeline::Mark::Spawned);
+                started
             }
             .await;
             Ok(match started {
-                Ok(s) => process_stream(s.pid, s.events, raw),
+                Ok(s) => process_stream(s.pid, s.events, raw, timeline),
                 Err(e) => stream_error(e),
             })
         }
@@ -132,7 +139,7 @@ async fn rpc(
             }
             .await;
             Ok(match attached {
-                Ok((pid, sub)) => process_stream(pid, sub, raw),
+                Ok((pid, sub)) => process_stream(pid, sub, raw, false),
                 Err(e) => stream_error(e),
             })
         }
@@ -228,12 +235,24 @@ fn selector(sel: Option<ProcessSelector>) -> Result<ProcessSelector, ConnectErro
     sel.ok_or_else(|| ConnectError::new(Code::InvalidArgument, "process selector is missing"))
 }
 
-fn process_stream(pid: u32, sub: crate::process::Subscription, raw: bool) -> Response<RespBody> {
+/// `timeline`: write the agent's timeline (`crate::timeline`) just before the end is sent.
+fn process_stream(
+    pid: u32,
+    sub: crate::process::Subscription,
+    raw: bool,
+    timeline: bool,
+) -> Response<RespBody> {
     let first = ProcessEvent::Start(pr::StartEvent { pid });
     let events = event_stream(Some(first), sub, KEEPALIVE);
-    stream_response(
-        events.flat_map(move |event| futures_util::stream::iter(frame_event(event, raw))),
-    )
+    stream_response(events.flat_map(move |event| {
+        if matches!(event, ProcessEvent::End(_)) {
+            crate::timeline::mark(crate::timeline::Mark::EndSent);
+            if timeline {
+                crate::timeline::write();
+            }
+        }
+        futures_util::stream::iter(frame_event(event, raw))
+    }))
 }
 
 /// The body chunks of one process event: a JSON envelope, or (raw output asked for) the raw

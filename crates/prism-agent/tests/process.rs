@@ -218,6 +218,11 @@ async fn spawn_errors_are_clear() {
         code(agent.client.start(&cmd("no-such-binary-xyz", &[])).await).await,
         Code::NotFound
     );
+    // An absolute path is not looked up first: the spawn's own error says it is missing.
+    assert_eq!(
+        code(agent.client.start(&cmd("/no/such/binary-xyz", &[])).await).await,
+        Code::NotFound
+    );
     let mut bad_cwd = cmd("true", &[]);
     if let Some(p) = bad_cwd.process.as_mut() {
         p.cwd = Some("/no/such/dir".into());

@@ -2,6 +2,7 @@
 //! functions and traits that the rest of the workspace calls (and fakes in unit tests).
 #![allow(unsafe_code)]
 
+pub mod alloc;
 pub mod caps;
 pub mod cgroup;
 pub mod exec;

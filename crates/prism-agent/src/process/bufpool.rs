@@ -4,10 +4,18 @@
 //! the connection that writes it out; dropping the last reference hands the buffer back. Fresh
 //! large allocations are what made streaming slow: each one is a new mapping from the
 //! allocator, and every page of it faults on first write.
+//!
+//! A pipe is read into a pooled buffer only when one is free: otherwise (a process's first
+//! read, typically the only one of a short command, or EOF) it is read into a small buffer on
+//! the stack first, and a [`CHUNK`] buffer is mapped only when that one comes back full.
 
+use std::io;
+use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
+
+use crate::fdio::read_fd;
 
 /// Bytes read from a pipe at most at once.
 pub const CHUNK: usize = 256 * 1024;
@@ -30,6 +38,32 @@ impl BufPool {
             .ok()
             .and_then(|mut f| f.pop())
             .unwrap_or_else(|| vec![0; CHUNK])
+    }
+
+    /// A free buffer, if there is one.
+    fn try_take(&self) -> Option<Vec<u8>> {
+        self.free.lock().ok().and_then(|mut f| f.pop())
+    }
+
+    /// One read from `fd`: `None` at EOF. A `WouldBlock` error is returned as it is (for
+    /// `AsyncPipe::read_with`); nothing read is ever dropped.
+    pub fn read(&self, fd: &OwnedFd) -> io::Result<Option<Bytes>> {
+        if let Some(mut buf) = self.try_take() {
+            let n = read_fd(fd, &mut buf)?;
+            return Ok((n > 0).then(|| self.freeze(buf, n)));
+        }
+        let mut small = [0u8; COPY_BELOW];
+        let n = read_fd(fd, &mut small)?;
+        if n < COPY_BELOW {
+            return Ok((n > 0).then(|| Bytes::copy_from_slice(&small[..n])));
+        }
+        // A full small read: more is likely waiting, so read the rest into a whole chunk.
+        let mut buf = self.take();
+        buf[..n].copy_from_slice(&small);
+        // The bytes already read are delivered whatever the second read says; an error or
+        // EOF shows again at the next read.
+        let more = read_fd(fd, &mut buf[n..]).unwrap_or(0);
+        Ok(Some(self.freeze(buf, n + more)))
     }
 
     /// The first `len` bytes of `buf` as `Bytes`; `buf` comes back to the pool when they drop.
@@ -77,6 +111,40 @@ impl Drop for Pooled {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_map_no_chunk_for_small_output_and_lose_nothing() {
+        let pool = BufPool::default();
+        let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::NONBLOCK).expect("pipe");
+        rustix::io::write(&w, b"hi").expect("write");
+        let got = pool.read(&r).expect("read");
+        assert_eq!(got.as_deref(), Some(&b"hi"[..]));
+        assert_eq!(
+            pool.free.lock().map(|f| f.len()).unwrap_or(9),
+            0,
+            "no chunk was made"
+        );
+        // More than the small buffer: one read returns it all, in a chunk.
+        let big: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+        rustix::io::write(&w, &big).expect("write");
+        let got = pool.read(&r).expect("read");
+        assert_eq!(got.as_deref(), Some(&big[..]));
+        drop(got);
+        assert_eq!(pool.free.lock().map(|f| f.len()).unwrap_or(9), 1);
+        // With a free chunk, it is used directly.
+        rustix::io::write(&w, b"again").expect("write");
+        assert_eq!(pool.read(&r).expect("read").as_deref(), Some(&b"again"[..]));
+        // Exactly a small buffer's worth: the second read finds nothing and does not fail.
+        let _ = pool.try_take();
+        rustix::io::write(&w, &big[..COPY_BELOW]).expect("write");
+        assert_eq!(
+            pool.read(&r).expect("read").as_deref(),
+            Some(&big[..COPY_BELOW])
+        );
+        assert!(matches!(pool.read(&r), Err(e) if e.kind() == io::ErrorKind::WouldBlock));
+        drop(w);
+        assert_eq!(pool.read(&r).expect("eof"), None);
+    }
 
     #[test]
     fn buffers_come_back_when_their_bytes_drop() {

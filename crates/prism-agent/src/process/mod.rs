@@ -23,7 +23,7 @@ use self::bufpool::BufPool;
 use self::output::Output;
 pub use self::output::Subscription;
 pub use self::spawn::build_env;
-use crate::fdio::{AsyncPipe, TryRead};
+use crate::fdio::AsyncPipe;
 use crate::reaper::{Reaper, end_event};
 use crate::users::User;
 
@@ -278,41 +278,38 @@ async fn pump(
         let _ = rustix::pipe::fcntl_setpipe_size(pipe.fd(), PIPE_SIZE);
     }
     let pool = BufPool::default();
-    let (mut b1, mut b2, mut b3) = (Vec::new(), Vec::new(), Vec::new());
     let (mut o_open, mut e_open, mut p_open) = (stdout.is_some(), stderr.is_some(), pty.is_some());
     let status = loop {
         tokio::select! {
-            r = read_opt(stdout.as_ref(), &mut b1, &pool), if o_open => match r {
-                Ok(n) if n > 0 => proc.output.deliver(DataEvent::Stdout(pool.freeze(std::mem::take(&mut b1), n))).await,
+            r = read_opt(stdout.as_ref(), &pool), if o_open => match r {
+                Ok(Some(b)) => proc.output.deliver(DataEvent::Stdout(b)).await,
                 _ => o_open = false,
             },
-            r = read_opt(stderr.as_ref(), &mut b2, &pool), if e_open => match r {
-                Ok(n) if n > 0 => proc.output.deliver(DataEvent::Stderr(pool.freeze(std::mem::take(&mut b2), n))).await,
+            r = read_opt(stderr.as_ref(), &pool), if e_open => match r {
+                Ok(Some(b)) => proc.output.deliver(DataEvent::Stderr(b)).await,
                 _ => e_open = false,
             },
-            r = read_opt(pty.as_deref(), &mut b3, &pool), if p_open => match r {
-                Ok(n) if n > 0 => proc.output.deliver(DataEvent::Pty(pool.freeze(std::mem::take(&mut b3), n))).await,
+            r = read_opt(pty.as_deref(), &pool), if p_open => match r {
+                Ok(Some(b)) => proc.output.deliver(DataEvent::Pty(b)).await,
                 _ => p_open = false,
             },
             st = &mut exit => break st.ok(),
         }
     };
     // What the process wrote before exiting is in the pipes; do not wait for descendants that
-    // may keep them open.
+    // may keep them open. A pipe already read to its end is not read again.
     type Wrap = fn(Bytes) -> DataEvent;
-    let pipes: [(Option<&AsyncPipe>, Wrap); 3] = [
-        (stdout.as_ref(), DataEvent::Stdout),
-        (stderr.as_ref(), DataEvent::Stderr),
-        (pty.as_deref(), DataEvent::Pty),
+    let pipes: [(Option<&AsyncPipe>, bool, Wrap); 3] = [
+        (stdout.as_ref(), o_open, DataEvent::Stdout),
+        (stderr.as_ref(), e_open, DataEvent::Stderr),
+        (pty.as_deref(), p_open, DataEvent::Pty),
     ];
-    for (pipe, wrap) in pipes {
-        let Some(pipe) = pipe else { continue };
-        loop {
-            let mut buf = pool.take();
-            let Ok(TryRead::Data(n)) = pipe.try_read(&mut buf) else {
-                break;
-            };
-            proc.output.deliver(wrap(pool.freeze(buf, n))).await;
+    for (pipe, open, wrap) in pipes {
+        let Some(pipe) = pipe.filter(|_| open) else {
+            continue;
+        };
+        while let Ok(Some(b)) = pool.read(pipe.fd()) {
+            proc.output.deliver(wrap(b)).await;
         }
     }
     proc.input.lock().await.take();
@@ -321,21 +318,13 @@ async fn pump(
     proc.output.end(end).await;
 }
 
-/// Reads into `buf`, taking a buffer from `pool` first when `buf` was handed on. The buffer is
-/// taken only once the pipe is readable, so a quiet process holds none.
-async fn read_opt(
-    pipe: Option<&AsyncPipe>,
-    buf: &mut Vec<u8>,
-    pool: &BufPool,
-) -> std::io::Result<usize> {
+/// The next chunk of a pipe (`None` at EOF), read once it is readable (see [`BufPool::read`]:
+/// a quiet or short-lived process maps no read buffer).
+async fn read_opt(pipe: Option<&AsyncPipe>, pool: &BufPool) -> std::io::Result<Option<Bytes>> {
     let Some(p) = pipe else {
         return std::future::pending().await;
     };
-    p.readable().await?;
-    if buf.is_empty() {
-        *buf = pool.take();
-    }
-    p.read(buf).await
+    p.read_with(|fd| pool.read(fd)).await
 }
 
 /// Turns a subscription into the events a `Start`/`Connect` stream sends (after `start`).
