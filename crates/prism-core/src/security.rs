@@ -171,6 +171,19 @@ impl SecurityProfile {
         self
     }
 
+    /// Whether the sandbox needs a network namespace owned by its own user namespace (made at
+    /// its clone) rather than one made ahead by the host: mounting sysfs needs it, and so does
+    /// any use of a kept `NET_ADMIN` (in a namespace the host owns, the sandbox's capabilities
+    /// count for nothing, `NET_RAW` included).
+    pub fn needs_own_netns(&self) -> bool {
+        let net_admin = prism_sys::caps::number("NET_ADMIN");
+        self.sysfs
+            || self
+                .capabilities
+                .iter()
+                .any(|c| prism_sys::caps::number(c) == net_admin)
+    }
+
     /// Whether `ptrace` is allowed by this profile.
     pub fn allows_ptrace(&self) -> bool {
         !self.deny_syscalls.iter().any(|s| s == "ptrace")

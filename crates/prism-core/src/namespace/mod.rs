@@ -4,6 +4,7 @@
 
 mod devskel;
 mod disk;
+mod netpool;
 mod plan;
 mod slots;
 mod teardown;
@@ -24,6 +25,7 @@ use prism_sys::cgroup::{CgroupError, CgroupLimits, CgroupManager};
 use prism_sys::ids::IdMap;
 use prism_sys::launch::{LaunchConfig, launch};
 
+pub use netpool::{DEFAULT_NETNS_POOL, NetnsPool};
 pub use plan::{MountPlan, PlanOptions, SandboxDirs, plan};
 use slots::Slots;
 
@@ -41,6 +43,9 @@ pub struct NamespaceConfig {
     pub sandboxes_dir: PathBuf,
     /// Host path of the static `prism-agent` binary.
     pub agent_path: PathBuf,
+    /// Network namespaces kept ready for starts (0: every sandbox makes its own at its clone);
+    /// see `netpool.rs`.
+    pub netns_pool: usize,
 }
 
 /// How long a start waits for the teardown of an earlier sandbox with the same id.
@@ -53,6 +58,7 @@ pub struct NamespaceRuntime {
     /// pidfds of the sandbox inits we started (our children, to reap).
     children: Mutex<HashMap<String, OwnedFd>>,
     teardowns: teardown::Teardowns,
+    netns: NetnsPool,
 }
 
 /// What the runtime and its teardown thread share.
@@ -142,6 +148,7 @@ impl NamespaceRuntime {
             }
         }
         let dev_skeleton = devskel::ensure(&cfg.sandboxes_dir);
+        let netns = NetnsPool::isolated(cfg.netns_pool).map_err(sys("starting the netns pool"))?;
         let host = Arc::new(Host {
             dev_skeleton,
             cfg,
@@ -155,11 +162,17 @@ impl NamespaceRuntime {
             host,
             children: Mutex::new(HashMap::new()),
             teardowns,
+            netns,
         })
     }
 
     fn dirs(&self, id: &str) -> SandboxDirs {
         self.host.dirs(id)
+    }
+
+    /// Network namespaces made ahead and ready for the next starts.
+    pub fn netns_ready(&self) -> usize {
+        self.netns.ready()
     }
 
     /// Create the sandbox's directories (first start) and return its id range.
@@ -240,9 +253,15 @@ impl NamespaceRuntime {
         dirs: &SandboxDirs,
         ids: IdMap,
     ) -> Result<SandboxHandle, RuntimeError> {
+        // A sandbox that must own its network namespace makes it at its clone.
+        let netns = match spec.security.needs_own_netns() {
+            true => None,
+            false => self.netns.take(),
+        };
         let opts = PlanOptions {
             dev_skeleton: self.host.dev_skeleton.clone(),
             sysfs: spec.security.sysfs,
+            premade_netns: netns.is_some(),
         };
         let mut plan = plan(dirs, &spec.rootfs, &spec.hostname, &opts)?;
         plan.add_security(dirs, &spec.security)?;
@@ -270,6 +289,7 @@ impl NamespaceRuntime {
             fd3: listener.into(),
             stderr: stderr.into(),
             hardening,
+            netns,
         };
         let launched = launch(&cfg, &mut |pid| {
             self.host

@@ -107,6 +107,9 @@ pub struct LaunchConfig {
     pub stderr: OwnedFd,
     /// Limits, capabilities and seccomp applied right before the exec.
     pub hardening: Hardening,
+    /// A network namespace made ahead (`crate::netns::create_isolated`) for the sandbox to
+    /// start in, instead of a new one of its own (`CLONE_NEWNET`).
+    pub netns: Option<OwnedFd>,
 }
 
 /// A started sandbox init.
@@ -155,27 +158,40 @@ pub fn launch(
     let t0 = std::time::Instant::now();
     let prepared = Prepared::new(cfg)?;
     let (parent_sock, child_sock) = seqpacket_pair().map_err(parent_err("socketpair"))?;
-    let flags = (libc::CLONE_NEWUSER
+    let mut flags = (libc::CLONE_NEWUSER
         | libc::CLONE_NEWNS
         | libc::CLONE_NEWPID
         | libc::CLONE_NEWUTS
-        | libc::CLONE_NEWIPC
-        | libc::CLONE_NEWNET) as u64
+        | libc::CLONE_NEWIPC) as u64
         | libc::CLONE_PIDFD as u64;
+    // With a namespace made ahead, this thread stands in it for the clone (the child inherits
+    // it) and goes back right after, also when the clone failed.
+    let in_netns = match &cfg.netns {
+        Some(ns) => Some(
+            crate::netns::ThreadNetns::enter(std::os::fd::AsFd::as_fd(ns))
+                .map_err(parent_err("joining the network namespace"))?,
+        ),
+        None => {
+            flags |= libc::CLONE_NEWNET as u64;
+            None
+        }
+    };
     let mut pidfd: RawFd = -1;
     // SAFETY: clone3 without CLONE_VM and with no stack behaves like fork: the child gets a copy of
     // this address space and returns 0 here. The child runs only `child::run`, which makes raw
     // syscalls on memory prepared above and never returns.
     let pid = unsafe { child::clone3(flags, &mut pidfd) };
-    if pid < 0 {
-        return Err(LaunchError::Parent {
-            op: "clone3",
-            source: io::Error::last_os_error(),
-        });
-    }
     if pid == 0 {
         // SAFETY: we are the freshly cloned child; see `child::run`.
         unsafe { child::run(&prepared, child_sock.as_raw_fd(), parent_sock.as_raw_fd()) }
+    }
+    let clone_error = (pid < 0).then(io::Error::last_os_error);
+    drop(in_netns);
+    if let Some(source) = clone_error {
+        return Err(LaunchError::Parent {
+            op: "clone3",
+            source,
+        });
     }
     drop(child_sock);
     // SAFETY: clone3 stored a new pidfd that nothing else owns.
