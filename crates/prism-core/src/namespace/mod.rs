@@ -1,9 +1,11 @@
 //! The default backend: a sandbox is a process tree in fresh user, pid, mount, ipc, uts, cgroup
-//! and network namespaces, with an overlay root over idmapped read-only host directories, limits
-//! from a cgroup, and `prism-agent` as PID 1.
+//! and network namespaces (the network one usually made ahead, see `netpool.rs`), with an
+//! overlay root over idmapped read-only host directories, limits from a cgroup, and
+//! `prism-agent` as PID 1.
 
 mod devskel;
 mod disk;
+mod locate;
 mod netpool;
 mod plan;
 mod slots;
@@ -25,6 +27,7 @@ use prism_sys::cgroup::{CgroupError, CgroupLimits, CgroupManager};
 use prism_sys::ids::IdMap;
 use prism_sys::launch::{LaunchConfig, launch};
 
+pub use locate::locate_agent;
 pub use netpool::{DEFAULT_NETNS_POOL, NetnsPool};
 pub use plan::{MountPlan, PlanOptions, SandboxDirs, plan};
 use slots::Slots;
@@ -74,34 +77,6 @@ struct Host {
 
 fn sys(op: &'static str) -> impl FnOnce(io::Error) -> RuntimeError {
     move |source| RuntimeError::Sys { op, source }
-}
-
-/// Find the static agent: `explicit`, then `$PRISM_AGENT`, then the musl build beside this
-/// executable's target directory (`target/x86_64-unknown-linux-musl/<profile>/`), then
-/// `prism-agent` next to this executable, then `/usr/lib/prism/prism-agent`.
-pub fn locate_agent(explicit: Option<&Path>) -> Option<PathBuf> {
-    if let Some(p) = explicit {
-        return Some(p.to_path_buf());
-    }
-    if let Some(p) = std::env::var_os("PRISM_AGENT") {
-        return Some(PathBuf::from(p));
-    }
-    let mut candidates = Vec::new();
-    if let Ok(exe) = std::env::current_exe()
-        && let Some(dir) = exe.parent()
-    {
-        if let (Some(profile), Some(target)) = (dir.file_name(), dir.parent()) {
-            candidates.push(
-                target
-                    .join("x86_64-unknown-linux-musl")
-                    .join(profile)
-                    .join("prism-agent"),
-            );
-        }
-        candidates.push(dir.join("prism-agent"));
-    }
-    candidates.push(PathBuf::from("/usr/lib/prism/prism-agent"));
-    candidates.into_iter().find(|p| p.is_file())
 }
 
 /// `[a-z0-9-]{1,64}`, not starting with '-'.
