@@ -204,6 +204,7 @@ pub fn launch(
             tracing::debug!(
                 message = "launch timing",
                 pid,
+                premade_netns = cfg.netns.is_some(),
                 clone_us = cloned.as_micros() as u64,
                 maps_us = t[0].as_micros() as u64,
                 cgroup_us = t[1].as_micros() as u64,
