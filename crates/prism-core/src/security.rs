@@ -218,6 +218,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn only_sysfs_or_a_kept_net_admin_needs_a_network_namespace_of_its_own() {
+        let p = SecurityProfile::default();
+        assert!(!p.needs_own_netns(), "the default takes one made ahead");
+        assert!(!p.clone().allow_ptrace().needs_own_netns());
+        let sys = SecurityProfile {
+            sysfs: true,
+            ..Default::default()
+        };
+        assert!(sys.needs_own_netns());
+        for name in ["NET_ADMIN", "cap_net_admin"] {
+            let mut admin = SecurityProfile::default();
+            admin.capabilities.push(name.into());
+            assert!(admin.needs_own_netns(), "{name}");
+        }
+    }
+
+    #[test]
     fn the_default_compiles_and_denies_ptrace() {
         let p = SecurityProfile::default();
         assert!(!p.allows_ptrace());

@@ -229,9 +229,10 @@ impl NamespaceRuntime {
         ids: IdMap,
     ) -> Result<SandboxHandle, RuntimeError> {
         // A sandbox that must own its network namespace makes it at its clone.
-        let netns = match spec.security.needs_own_netns() {
-            true => None,
-            false => self.netns.take(),
+        let netns = if spec.security.needs_own_netns() {
+            None
+        } else {
+            self.netns.take()
         };
         let opts = PlanOptions {
             dev_skeleton: self.host.dev_skeleton.clone(),
