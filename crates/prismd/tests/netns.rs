@@ -116,3 +116,28 @@ async fn a_networked_sandbox_cannot_reconfigure_or_spoof_its_link_but_serves() {
     // Still no NET_ADMIN there.
     assert!(get("link_down").ends_with(":eperm"), "{own:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_netns_pool_0_every_sandbox_owns_its_namespace() {
+    if !support::root_or_skip("with_netns_pool_0_every_sandbox_owns_its_namespace") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start_with(dir.path(), "netns_pool = 0").await;
+    let c = &d.client;
+    let pool_prefix = d.network_pool.rsplitn(3, '.').last().unwrap().to_string();
+    c.create(&CreateSandboxRequest {
+        name: Some("own".into()),
+        network: Some("open".into()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let got = probe(c, "own").await;
+    let get = |k: &str| got.get(k).cloned().unwrap_or_else(|| "missing".into());
+    assert!(get("eth0").starts_with(&pool_prefix), "{got:?}");
+    // Its own namespace: the default NET_RAW counts there (not NET_ADMIN, never kept).
+    assert_eq!(get("raw"), "ok", "{got:?}");
+    assert!(get("link_down").ends_with(":eperm"), "{got:?}");
+    assert_eq!(get("port80"), "ok", "{got:?}");
+}
