@@ -12,11 +12,18 @@ use prism_proto::AgentClient;
 use prism_proto::process::{ProcessConfig, ProcessEvent, StartRequest};
 
 /// A namespace runtime keeping its sandboxes in `dir`, under the cgroup parent `parent`.
+/// `PRISM_BENCH_NETNS_POOL=N` sets its pool of network namespaces made ahead (0: none, each
+/// sandbox makes its own at its clone; default: the runtime's default).
 pub fn runtime_in(dir: PathBuf, agent: &Path, parent: &str) -> Result<NamespaceRuntime> {
+    let netns_pool = match std::env::var("PRISM_BENCH_NETNS_POOL") {
+        Ok(n) => n.parse().context("PRISM_BENCH_NETNS_POOL")?,
+        Err(_) => prism_core::namespace::DEFAULT_NETNS_POOL,
+    };
     Ok(NamespaceRuntime::new(
         NamespaceConfig {
             sandboxes_dir: dir,
             agent_path: agent.to_path_buf(),
+            netns_pool,
         },
         prism_sys::cgroup::detect(parent)?,
     )?)

@@ -171,6 +171,19 @@ impl SecurityProfile {
         self
     }
 
+    /// Whether the sandbox needs a network namespace owned by its own user namespace (made at
+    /// its clone) rather than one made ahead by the host: mounting sysfs needs it, and so does
+    /// any use of a kept `NET_ADMIN` (in a namespace the host owns, the sandbox's capabilities
+    /// count for nothing, `NET_RAW` included).
+    pub fn needs_own_netns(&self) -> bool {
+        let net_admin = prism_sys::caps::number("NET_ADMIN");
+        self.sysfs
+            || self
+                .capabilities
+                .iter()
+                .any(|c| prism_sys::caps::number(c) == net_admin)
+    }
+
     /// Whether `ptrace` is allowed by this profile.
     pub fn allows_ptrace(&self) -> bool {
         !self.deny_syscalls.iter().any(|s| s == "ptrace")
@@ -203,6 +216,23 @@ impl SecurityProfile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_sysfs_or_a_kept_net_admin_needs_a_network_namespace_of_its_own() {
+        let p = SecurityProfile::default();
+        assert!(!p.needs_own_netns(), "the default takes one made ahead");
+        assert!(!p.clone().allow_ptrace().needs_own_netns());
+        let sys = SecurityProfile {
+            sysfs: true,
+            ..Default::default()
+        };
+        assert!(sys.needs_own_netns());
+        for name in ["NET_ADMIN", "cap_net_admin"] {
+            let mut admin = SecurityProfile::default();
+            admin.capabilities.push(name.into());
+            assert!(admin.needs_own_netns(), "{name}");
+        }
+    }
 
     #[test]
     fn the_default_compiles_and_denies_ptrace() {

@@ -101,6 +101,7 @@ fn a_sandbox_runs_from_a_pulled_image_as_root() {
         NamespaceConfig {
             sandboxes_dir: state.path().join("sandboxes"),
             agent_path: agent,
+            netns_pool: prism_core::namespace::DEFAULT_NETNS_POOL,
         },
         cgroups,
     )

@@ -12,6 +12,7 @@
 //! janitor_interval_s = 5
 //! pool_min_available_mb = 512   # pools empty themselves while MemAvailable is below this
 //! fsync_state = false           # true: fsync every state commit (survives power loss; slower)
+//! netns_pool = 2                # network namespaces made ahead for starts (0 = none)
 //!
 //! [[pools]]                     # warm pools: idle started sandboxes that create claims
 //! template = "base"
@@ -98,6 +99,7 @@ pub struct FileConfig {
     pub pools: Vec<FilePool>,
     pub pool_min_available_mb: Option<u64>,
     pub fsync_state: Option<bool>,
+    pub netns_pool: Option<usize>,
     pub auth: Option<bool>,
     pub limits: Option<crate::auth::Limits>,
     /// Host networking for `open`/`allow` sandboxes (default true; needs root and nft).
@@ -153,6 +155,8 @@ pub struct Config {
     /// fsync every commit of the state database (`synchronous=FULL`); default: commits reach
     /// the OS (survive a daemon crash, not a power loss).
     pub fsync_state: bool,
+    /// Network namespaces the namespace runtime keeps made ahead (0: each start makes its own).
+    pub netns_pool: usize,
     /// Require API keys.
     pub auth: bool,
     /// Rate limits and quotas (with auth on).
@@ -352,6 +356,9 @@ impl Config {
             pools,
             pool_min_available_bytes: file.pool_min_available_mb.unwrap_or(512) << 20,
             fsync_state: file.fsync_state.unwrap_or(false),
+            netns_pool: file
+                .netns_pool
+                .unwrap_or(prism_core::namespace::DEFAULT_NETNS_POOL),
             auth,
             limits: file.limits.unwrap_or_default(),
             network,
@@ -410,6 +417,17 @@ mod tests {
             toml::from_str("fsync_state = true").unwrap_or_else(|e| panic!("{e}"));
         let c = Config::resolve(&Flags::default(), &file, true).unwrap_or_else(|e| panic!("{e}"));
         assert!(c.fsync_state);
+    }
+
+    #[test]
+    fn the_netns_pool_has_a_default_and_can_be_turned_off() {
+        let c = Config::resolve(&Flags::default(), &FileConfig::default(), true)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.netns_pool, prism_core::namespace::DEFAULT_NETNS_POOL);
+        let file: FileConfig = toml::from_str("netns_pool = 0").unwrap_or_else(|e| panic!("{e}"));
+        let c = Config::resolve(&Flags::default(), &file, true).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.netns_pool, 0);
+        assert!(toml::from_str::<FileConfig>("netns_pool = -1").is_err());
     }
 
     #[test]

@@ -38,6 +38,7 @@ pub fn build(cfg: &Config) -> Result<Arc<dyn Runtime>, BuildError> {
                 prism_core::namespace::NamespaceConfig {
                     sandboxes_dir: cfg.state_dir.join("sandboxes"),
                     agent_path,
+                    netns_pool: cfg.netns_pool,
                 },
                 cgroups,
             )?))

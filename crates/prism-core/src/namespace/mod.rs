@@ -1,9 +1,12 @@
 //! The default backend: a sandbox is a process tree in fresh user, pid, mount, ipc, uts, cgroup
-//! and network namespaces, with an overlay root over idmapped read-only host directories, limits
-//! from a cgroup, and `prism-agent` as PID 1.
+//! and network namespaces (the network one usually made ahead, see `netpool.rs`), with an
+//! overlay root over idmapped read-only host directories, limits from a cgroup, and
+//! `prism-agent` as PID 1.
 
 mod devskel;
 mod disk;
+mod locate;
+mod netpool;
 mod plan;
 mod slots;
 mod teardown;
@@ -24,6 +27,8 @@ use prism_sys::cgroup::{CgroupError, CgroupLimits, CgroupManager};
 use prism_sys::ids::IdMap;
 use prism_sys::launch::{LaunchConfig, launch};
 
+pub use locate::locate_agent;
+pub use netpool::{DEFAULT_NETNS_POOL, NetnsPool};
 pub use plan::{MountPlan, PlanOptions, SandboxDirs, plan};
 use slots::Slots;
 
@@ -41,6 +46,9 @@ pub struct NamespaceConfig {
     pub sandboxes_dir: PathBuf,
     /// Host path of the static `prism-agent` binary.
     pub agent_path: PathBuf,
+    /// Network namespaces kept ready for starts (0: every sandbox makes its own at its clone);
+    /// see `netpool.rs`.
+    pub netns_pool: usize,
 }
 
 /// How long a start waits for the teardown of an earlier sandbox with the same id.
@@ -53,6 +61,7 @@ pub struct NamespaceRuntime {
     /// pidfds of the sandbox inits we started (our children, to reap).
     children: Mutex<HashMap<String, OwnedFd>>,
     teardowns: teardown::Teardowns,
+    netns: NetnsPool,
 }
 
 /// What the runtime and its teardown thread share.
@@ -68,34 +77,6 @@ struct Host {
 
 fn sys(op: &'static str) -> impl FnOnce(io::Error) -> RuntimeError {
     move |source| RuntimeError::Sys { op, source }
-}
-
-/// Find the static agent: `explicit`, then `$PRISM_AGENT`, then the musl build beside this
-/// executable's target directory (`target/x86_64-unknown-linux-musl/<profile>/`), then
-/// `prism-agent` next to this executable, then `/usr/lib/prism/prism-agent`.
-pub fn locate_agent(explicit: Option<&Path>) -> Option<PathBuf> {
-    if let Some(p) = explicit {
-        return Some(p.to_path_buf());
-    }
-    if let Some(p) = std::env::var_os("PRISM_AGENT") {
-        return Some(PathBuf::from(p));
-    }
-    let mut candidates = Vec::new();
-    if let Ok(exe) = std::env::current_exe()
-        && let Some(dir) = exe.parent()
-    {
-        if let (Some(profile), Some(target)) = (dir.file_name(), dir.parent()) {
-            candidates.push(
-                target
-                    .join("x86_64-unknown-linux-musl")
-                    .join(profile)
-                    .join("prism-agent"),
-            );
-        }
-        candidates.push(dir.join("prism-agent"));
-    }
-    candidates.push(PathBuf::from("/usr/lib/prism/prism-agent"));
-    candidates.into_iter().find(|p| p.is_file())
 }
 
 /// `[a-z0-9-]{1,64}`, not starting with '-'.
@@ -142,6 +123,7 @@ impl NamespaceRuntime {
             }
         }
         let dev_skeleton = devskel::ensure(&cfg.sandboxes_dir);
+        let netns = NetnsPool::isolated(cfg.netns_pool).map_err(sys("starting the netns pool"))?;
         let host = Arc::new(Host {
             dev_skeleton,
             cfg,
@@ -155,11 +137,17 @@ impl NamespaceRuntime {
             host,
             children: Mutex::new(HashMap::new()),
             teardowns,
+            netns,
         })
     }
 
     fn dirs(&self, id: &str) -> SandboxDirs {
         self.host.dirs(id)
+    }
+
+    /// Network namespaces made ahead and ready for the next starts.
+    pub fn netns_ready(&self) -> usize {
+        self.netns.ready()
     }
 
     /// Create the sandbox's directories (first start) and return its id range.
@@ -240,9 +228,16 @@ impl NamespaceRuntime {
         dirs: &SandboxDirs,
         ids: IdMap,
     ) -> Result<SandboxHandle, RuntimeError> {
+        // A sandbox that must own its network namespace makes it at its clone.
+        let netns = if spec.security.needs_own_netns() {
+            None
+        } else {
+            self.netns.take()
+        };
         let opts = PlanOptions {
             dev_skeleton: self.host.dev_skeleton.clone(),
             sysfs: spec.security.sysfs,
+            premade_netns: netns.is_some(),
         };
         let mut plan = plan(dirs, &spec.rootfs, &spec.hostname, &opts)?;
         plan.add_security(dirs, &spec.security)?;
@@ -270,6 +265,7 @@ impl NamespaceRuntime {
             fd3: listener.into(),
             stderr: stderr.into(),
             hardening,
+            netns,
         };
         let launched = launch(&cfg, &mut |pid| {
             self.host

@@ -97,6 +97,9 @@ pub struct PlanOptions {
     pub dev_skeleton: Option<PathBuf>,
     /// Mount a read-only `/sys` (none by default).
     pub sysfs: bool,
+    /// The sandbox starts in a network namespace made ahead (see `netpool.rs`), whose `lo` is
+    /// up already (and which the sandbox could not configure: it is owned by the host).
+    pub premade_netns: bool,
 }
 
 fn overlay_safe(p: &Path) -> Result<String, RuntimeError> {
@@ -258,7 +261,9 @@ pub fn plan(
         flags::NOSUID | flags::NODEV,
         Some("mode=1777"),
     ));
-    steps.push(Step::LoopbackUp);
+    if !opts.premade_netns {
+        steps.push(Step::LoopbackUp);
+    }
     steps.push(Step::Hostname(hostname.to_string()));
     steps.push(Step::PivotRoot { new_root: root });
     // Last: it waits until the parent placed the sandbox in its cgroup (see `Step::UnshareCgroup`).

@@ -170,6 +170,7 @@ mod tests {
             cfg: NamespaceConfig {
                 sandboxes_dir: sandboxes.clone(),
                 agent_path: PathBuf::from("/nonexistent"),
+                netns_pool: 0,
             },
         });
         let t = Teardowns::new(host.clone()).expect("teardowns");

@@ -113,7 +113,7 @@ fn plan_exposes_only_the_safe_devices() {
 fn a_prepared_dev_is_one_device_tree_and_sys_is_opt_in() {
     let opts = PlanOptions {
         dev_skeleton: Some(PathBuf::from("/state/.dev-v1")),
-        sysfs: false,
+        ..Default::default()
     };
     let p = plan(&dirs(), &spec(vec![("/", vec!["/skel"])]), "h", &opts).unwrap();
     assert_eq!(
@@ -154,6 +154,24 @@ fn a_prepared_dev_is_one_device_tree_and_sys_is_opt_in() {
         Step::Mount { fstype: Some(f), flags, target, .. }
             if f == "sysfs" && flags & prism_sys::launch::flags::RDONLY != 0 && target.ends_with("rootfs/sys")
     )));
+}
+
+#[test]
+fn loopback_is_brought_up_only_in_a_namespace_of_its_own() {
+    let spec = spec(vec![("/", vec!["/skel"])]);
+    let own = plan(&dirs(), &spec, "h", &PlanOptions::default()).unwrap();
+    let premade = PlanOptions {
+        premade_netns: true,
+        ..Default::default()
+    };
+    let pooled = plan(&dirs(), &spec, "h", &premade).unwrap();
+    let count = |p: &MountPlan| p.steps.iter().filter(|s| **s == Step::LoopbackUp).count();
+    assert_eq!(count(&own), 1);
+    assert_eq!(count(&pooled), 0);
+    // Nothing else differs.
+    let mut rest = own.steps.clone();
+    rest.retain(|s| *s != Step::LoopbackUp);
+    assert_eq!(rest, pooled.steps);
 }
 
 #[test]

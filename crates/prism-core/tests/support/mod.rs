@@ -80,6 +80,7 @@ impl Harness {
             NamespaceConfig {
                 sandboxes_dir: state.path().join("sandboxes"),
                 agent_path: agent,
+                netns_pool: prism_core::namespace::DEFAULT_NETNS_POOL,
             },
             cgroups,
         )
@@ -133,6 +134,7 @@ impl Harness {
             NamespaceConfig {
                 sandboxes_dir: self.state.path().join("sandboxes"),
                 agent_path: agent_path(),
+                netns_pool: prism_core::namespace::DEFAULT_NETNS_POOL,
             },
             prism_sys::cgroup::detect(&self.cgroup_parent).expect("cgroups"),
         )

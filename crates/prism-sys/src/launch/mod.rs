@@ -113,6 +113,9 @@ pub struct LaunchConfig {
     pub stderr: OwnedFd,
     /// Limits, capabilities and seccomp applied right before the exec.
     pub hardening: Hardening,
+    /// A network namespace made ahead (`crate::netns::create_isolated`) for the sandbox to
+    /// start in, instead of a new one of its own (`CLONE_NEWNET`).
+    pub netns: Option<OwnedFd>,
 }
 
 /// A started sandbox init.
@@ -164,12 +167,23 @@ pub fn launch(
     let (parent_sock, child_sock) = seqpacket_pair().map_err(parent_err("socketpair"))?;
     prepared.sock = child_sock.as_raw_fd();
     prepared.parent_end = parent_sock.as_raw_fd();
-    let flags = (libc::CLONE_NEWUSER
+    let mut flags = (libc::CLONE_NEWUSER
         | libc::CLONE_NEWNS
         | libc::CLONE_NEWPID
         | libc::CLONE_NEWUTS
-        | libc::CLONE_NEWIPC
-        | libc::CLONE_NEWNET) as u64;
+        | libc::CLONE_NEWIPC) as u64;
+    // With a namespace made ahead, this thread stands in it for the clone (the child inherits
+    // it) and goes back right after, also when the clone failed.
+    let in_netns = match &cfg.netns {
+        Some(ns) => Some(
+            crate::netns::ThreadNetns::enter(std::os::fd::AsFd::as_fd(ns))
+                .map_err(parent_err("joining the network namespace"))?,
+        ),
+        None => {
+            flags |= libc::CLONE_NEWNET as u64;
+            None
+        }
+    };
     let stack = clone::ChildStack::take().map_err(parent_err("mapping the child's stack"))?;
     let dumpable = clone::DumpableGuard::new();
     let mut pidfd: RawFd = -1;
@@ -183,6 +197,7 @@ pub fn launch(
         drop(blocked);
         pid
     };
+    drop(in_netns);
     if pid < 0 {
         stack.give_back();
         drop(dumpable);
@@ -212,6 +227,7 @@ pub fn launch(
             tracing::debug!(
                 message = "launch timing",
                 pid,
+                premade_netns = cfg.netns.is_some(),
                 clone_us = cloned.as_micros() as u64,
                 maps_us = t[0].as_micros() as u64,
                 cgroup_us = t[1].as_micros() as u64,
