@@ -66,6 +66,7 @@ pub fn config() -> LaunchConfig {
         fd3: dev_null(),
         stderr: dev_null(),
         hardening: Hardening::default(),
+        netns: None,
     }
 }
 
