@@ -28,7 +28,8 @@ pub fn create_isolated() -> io::Result<OwnedFd> {
         .name("prism-netns-new".into())
         .spawn(|| {
             nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
-            loopback_up()?;
+            // SAFETY: raw socket and ioctl calls on a local ifreq.
+            unsafe { loopback_up() }.map_err(io::Error::from_raw_os_error)?;
             for (path, value) in ISOLATED_SYSCTLS {
                 // /proc/sys/net shows the namespace of the thread that opens it.
                 std::fs::write(format!("/proc/sys/{path}"), value)?;
@@ -39,31 +40,38 @@ pub fn create_isolated() -> io::Result<OwnedFd> {
         .map_err(|_| io::Error::other("the network namespace thread panicked"))?
 }
 
-/// Bring `lo` of the calling thread's network namespace up.
-fn loopback_up() -> io::Result<()> {
-    // SAFETY: plain socket call; the fd is owned right away.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a new fd that nothing else owns.
-    let sock = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-    // SAFETY: ifreq is plain old data; all zeroes is a valid value.
+/// Bring `lo` of the calling thread's network namespace up; `Err(errno)` on failure. Raw
+/// syscalls only, so the launch child may call it too.
+///
+/// # Safety
+/// Raw ioctls on a local socket.
+pub(crate) unsafe fn loopback_up() -> Result<(), i32> {
+    use crate::raw::{check, sys};
+    let ok = |ret: isize| check(ret).map(|_| ());
+    // SAFETY: a new socket of our own.
+    let fd = check(unsafe {
+        sys!(
+            libc::SYS_socket,
+            libc::AF_INET,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+            0
+        )
+    })?;
+    // SAFETY: a zeroed ifreq is valid; the name fits in IFNAMSIZ.
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
     for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
         *dst = *src as libc::c_char;
     }
-    // SAFETY: the ioctls read and write the local ifreq, whose name fits in IFNAMSIZ.
+    let r = &mut req as *mut libc::ifreq;
+    // SAFETY: the ioctls read and write the local ifreq; the socket is ours to close.
     unsafe {
-        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS as _, &mut req) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
-        if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS as _, &mut req) != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let rc = ok(sys!(libc::SYS_ioctl, fd, libc::SIOCGIFFLAGS, r)).and_then(|()| {
+            req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+            ok(sys!(libc::SYS_ioctl, fd, libc::SIOCSIFFLAGS, r))
+        });
+        sys!(libc::SYS_close, fd);
+        rc
     }
-    Ok(())
 }
 
 /// The calling thread, moved into another network namespace until this is dropped (then it

@@ -176,7 +176,7 @@ unsafe fn step(p: &Prepared, s: &CStep, trees: &[RawFd; MAX_TREES]) -> Result<()
                 ok(sys!(libc::SYS_umount2, c".".as_ptr(), libc::MNT_DETACH))?;
                 ok(sys!(libc::SYS_chdir, c"/".as_ptr()))
             }
-            CStep::LoopbackUp => loopback_up(),
+            CStep::LoopbackUp => crate::netns::loopback_up(),
             CStep::Hostname(h) => ok(sys!(libc::SYS_sethostname, h.as_ptr(), h.as_bytes().len())),
             CStep::Mask { path } => mask(p, path),
             CStep::ReadOnly { path } => read_only(path),
@@ -266,35 +266,6 @@ unsafe fn read_only(path: &std::ffi::CStr) -> Result<(), Errno> {
                 | libc::MS_NOEXEC,
             null
         ))
-    }
-}
-
-/// # Safety
-/// Raw ioctls on a local socket.
-unsafe fn loopback_up() -> Result<(), Errno> {
-    // SAFETY: a new socket of our own.
-    let fd = check(unsafe {
-        sys!(
-            libc::SYS_socket,
-            libc::AF_INET,
-            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
-            0
-        )
-    })?;
-    // SAFETY: a zeroed ifreq is valid; the name fits in IFNAMSIZ.
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
-        *dst = *src as libc::c_char;
-    }
-    let r = &mut req as *mut libc::ifreq;
-    // SAFETY: the ioctls read and write the local ifreq; the socket is ours to close.
-    unsafe {
-        let rc = ok(sys!(libc::SYS_ioctl, fd, libc::SIOCGIFFLAGS, r)).and_then(|()| {
-            req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
-            ok(sys!(libc::SYS_ioctl, fd, libc::SIOCSIFFLAGS, r))
-        });
-        sys!(libc::SYS_close, fd);
-        rc
     }
 }
 
