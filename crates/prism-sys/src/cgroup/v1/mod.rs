@@ -232,12 +232,8 @@ impl V1Manager {
                 .files()
                 .set_frozen(&self.dir(core, id), frozen, timeout);
         }
-        let state = if frozen { "FROZEN" } else { "THAWED" };
-        let path = self
-            .dir(&self.hierarchies.freezer, id)
-            .join("freezer.state");
-        self.files().write(&path, state)?;
-        poll_until(timeout, || Ok(self.files().read(&path)?.trim() == state))
+        let freezer = self.dir(&self.hierarchies.freezer, id);
+        set_freezer(&self.files(), &freezer, frozen, timeout)
     }
 
     /// Round 0 uses the hybrid host's `cgroup.kill` when there is one; later rounds (and hosts
@@ -260,12 +256,7 @@ impl V1Manager {
             _ => {
                 let budget = self.timeout.min(Duration::from_secs(1));
                 let settled = match (&core, has_freezer) {
-                    (_, true) => {
-                        files.write(&freezer.join("freezer.state"), "FROZEN")?;
-                        poll_until(budget, || {
-                            Ok(files.read(&freezer.join("freezer.state"))?.trim() == "FROZEN")
-                        })?
-                    }
+                    (_, true) => set_freezer(&files, &freezer, true, budget)?,
                     (Some(dir), false) => files.set_frozen(dir, true, budget)?,
                     (None, false) => true,
                 };
@@ -491,6 +482,20 @@ impl CgroupManager for V1Manager {
         }
         Ok(())
     }
+}
+
+/// Writes `FROZEN` or `THAWED` to the v1 `freezer.state` in `dir` and waits until it reads
+/// back.
+fn set_freezer(
+    files: &Files<'_>,
+    dir: &Path,
+    frozen: bool,
+    timeout: Duration,
+) -> Result<bool, CgroupError> {
+    let state = if frozen { "FROZEN" } else { "THAWED" };
+    let path = dir.join("freezer.state");
+    files.write(&path, state)?;
+    poll_until(timeout, || Ok(files.read(&path)?.trim() == state))
 }
 
 /// `mounts` without repeats (comounted controllers share a mount point).
