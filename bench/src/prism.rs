@@ -13,17 +13,26 @@ use prism_proto::process::{ProcessConfig, ProcessEvent, StartRequest};
 
 /// A namespace runtime keeping its sandboxes in `dir`, under the cgroup parent `parent`.
 /// `PRISM_BENCH_NETNS_POOL=N` sets its pool of network namespaces made ahead (0: none, each
-/// sandbox makes its own at its clone; default: the runtime's default).
+/// sandbox makes its own at its clone; default: the runtime's default), and
+/// `PRISM_BENCH_SPARE_DIRS=N` its sandbox directories made ahead.
 pub fn runtime_in(dir: PathBuf, agent: &Path, parent: &str) -> Result<NamespaceRuntime> {
-    let netns_pool = match std::env::var("PRISM_BENCH_NETNS_POOL") {
-        Ok(n) => n.parse().context("PRISM_BENCH_NETNS_POOL")?,
-        Err(_) => prism_core::namespace::DEFAULT_NETNS_POOL,
+    let pool = |var: &str, default: usize| -> Result<usize> {
+        match std::env::var(var) {
+            Ok(n) => n.parse().with_context(|| var.to_string()),
+            Err(_) => Ok(default),
+        }
     };
     Ok(NamespaceRuntime::new(
         NamespaceConfig {
-            sandboxes_dir: dir,
-            agent_path: agent.to_path_buf(),
-            netns_pool,
+            netns_pool: pool(
+                "PRISM_BENCH_NETNS_POOL",
+                prism_core::namespace::DEFAULT_NETNS_POOL,
+            )?,
+            spare_dirs: pool(
+                "PRISM_BENCH_SPARE_DIRS",
+                prism_core::namespace::DEFAULT_SPARE_DIRS,
+            )?,
+            ..NamespaceConfig::new(dir, agent.to_path_buf())
         },
         prism_sys::cgroup::detect(parent)?,
     )?)

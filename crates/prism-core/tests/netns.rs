@@ -202,9 +202,11 @@ fn an_empty_pool_falls_back_to_a_namespace_of_the_sandboxes_own() {
     };
     let rt = prism_core::namespace::NamespaceRuntime::new(
         prism_core::namespace::NamespaceConfig {
-            sandboxes_dir: h.state.path().join("nopool"),
-            agent_path: support::agent_path(),
             netns_pool: 0,
+            ..prism_core::namespace::NamespaceConfig::new(
+                h.state.path().join("nopool"),
+                support::agent_path(),
+            )
         },
         prism_sys::cgroup::detect(&h.cgroup_parent).expect("cgroups"),
     )

@@ -98,11 +98,7 @@ fn a_sandbox_runs_from_a_pulled_image_as_root() {
     let cgroup_parent = format!("prism-images-it-{}", std::process::id());
     let cgroups = prism_sys::cgroup::detect(&cgroup_parent).expect("cgroups");
     let runtime = NamespaceRuntime::new(
-        NamespaceConfig {
-            sandboxes_dir: state.path().join("sandboxes"),
-            agent_path: agent,
-            netns_pool: prism_core::namespace::DEFAULT_NETNS_POOL,
-        },
+        NamespaceConfig::new(state.path().join("sandboxes"), agent),
         cgroups,
     )
     .expect("runtime");

@@ -13,6 +13,7 @@
 //! pool_min_available_mb = 512   # pools empty themselves while MemAvailable is below this
 //! fsync_state = false           # true: fsync every state commit (survives power loss; slower)
 //! netns_pool = 2                # network namespaces made ahead for starts (0 = none)
+//! spare_dirs = 2                # sandbox directories made ahead for first starts (0 = none)
 //!
 //! [[pools]]                     # warm pools: idle started sandboxes that create claims
 //! template = "base"
@@ -100,6 +101,7 @@ pub struct FileConfig {
     pub pool_min_available_mb: Option<u64>,
     pub fsync_state: Option<bool>,
     pub netns_pool: Option<usize>,
+    pub spare_dirs: Option<usize>,
     pub auth: Option<bool>,
     pub limits: Option<crate::auth::Limits>,
     /// Host networking for `open`/`allow` sandboxes (default true; needs root and nft).
@@ -157,6 +159,9 @@ pub struct Config {
     pub fsync_state: bool,
     /// Network namespaces the namespace runtime keeps made ahead (0: each start makes its own).
     pub netns_pool: usize,
+    /// Sandbox directories the namespace runtime keeps made ahead (0: each first start makes
+    /// its own).
+    pub spare_dirs: usize,
     /// Require API keys.
     pub auth: bool,
     /// Rate limits and quotas (with auth on).
@@ -359,6 +364,9 @@ impl Config {
             netns_pool: file
                 .netns_pool
                 .unwrap_or(prism_core::namespace::DEFAULT_NETNS_POOL),
+            spare_dirs: file
+                .spare_dirs
+                .unwrap_or(prism_core::namespace::DEFAULT_SPARE_DIRS),
             auth,
             limits: file.limits.unwrap_or_default(),
             network,
@@ -428,6 +436,17 @@ mod tests {
         let c = Config::resolve(&Flags::default(), &file, true).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.netns_pool, 0);
         assert!(toml::from_str::<FileConfig>("netns_pool = -1").is_err());
+    }
+
+    #[test]
+    fn spare_dirs_have_a_default_and_can_be_turned_off() {
+        let c = Config::resolve(&Flags::default(), &FileConfig::default(), true)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.spare_dirs, prism_core::namespace::DEFAULT_SPARE_DIRS);
+        let file: FileConfig = toml::from_str("spare_dirs = 0").unwrap_or_else(|e| panic!("{e}"));
+        let c = Config::resolve(&Flags::default(), &file, true).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.spare_dirs, 0);
+        assert!(toml::from_str::<FileConfig>("spare_dirs = \"two\"").is_err());
     }
 
     #[test]

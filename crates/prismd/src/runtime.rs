@@ -39,6 +39,7 @@ pub fn build(cfg: &Config) -> Result<Arc<dyn Runtime>, BuildError> {
                     sandboxes_dir: cfg.state_dir.join("sandboxes"),
                     agent_path,
                     netns_pool: cfg.netns_pool,
+                    spare_dirs: cfg.spare_dirs,
                 },
                 cgroups,
             )?))

@@ -10,71 +10,29 @@
 
 use std::io;
 use std::os::fd::OwnedFd;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::thread::JoinHandle;
-use std::time::Duration;
+
+use super::ahead::{Ahead, Make};
 
 /// Namespaces kept ready by default.
 pub const DEFAULT_NETNS_POOL: usize = 2;
 
-/// Nice value of the refill thread (inherited by the threads that make the namespaces).
-const REFILL_NICE: i32 = 10;
-
-/// How long the refill thread rests after a failure before it tries again.
-const RETRY_AFTER: Duration = Duration::from_secs(5);
-
 /// Makes one ready network namespace.
-pub type MakeNetns = Box<dyn Fn() -> io::Result<OwnedFd> + Send>;
-
-#[derive(Default)]
-struct State {
-    ready: Vec<OwnedFd>,
-    stop: bool,
-}
-
-#[derive(Default)]
-struct Shared {
-    state: Mutex<State>,
-    /// Signalled when a namespace is taken and when the pool stops.
-    wake: Condvar,
-}
-
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
+pub type MakeNetns = Make<OwnedFd>;
 
 /// A pool of ready network namespaces, refilled in the background. Dropping it stops the
 /// thread and closes the namespaces nobody took.
-pub struct NetnsPool {
-    shared: Arc<Shared>,
-    worker: Option<JoinHandle<()>>,
-}
-
-impl std::fmt::Debug for NetnsPool {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NetnsPool")
-            .field("ready", &self.shared.lock().ready.len())
-            .finish()
-    }
-}
+#[derive(Debug)]
+pub struct NetnsPool(Ahead<OwnedFd>);
 
 impl NetnsPool {
     /// A pool of `size` namespaces made by `make` (none and no thread when `size` is 0).
     pub fn new(size: usize, make: MakeNetns) -> io::Result<Self> {
-        let shared = Arc::new(Shared::default());
-        let worker = if size == 0 {
-            None
-        } else {
-            let s = shared.clone();
-            Some(
-                std::thread::Builder::new()
-                    .name("prism-netns-pool".into())
-                    .spawn(move || refill(&s, size, &make))?,
-            )
-        };
-        Ok(Self { shared, worker })
+        Ok(Self(Ahead::new(
+            "prism-netns-pool",
+            "network namespace",
+            size,
+            make,
+        )?))
     }
 
     /// The real pool: namespaces from `prism_sys::netns::create_isolated`.
@@ -84,55 +42,12 @@ impl NetnsPool {
 
     /// A ready namespace, or `None` right away when there is none.
     pub fn take(&self) -> Option<OwnedFd> {
-        let fd = self.shared.lock().ready.pop();
-        if fd.is_some() {
-            self.shared.wake.notify_all();
-        }
-        fd
+        self.0.take()
     }
 
     /// Namespaces ready now.
     pub fn ready(&self) -> usize {
-        self.shared.lock().ready.len()
-    }
-}
-
-impl Drop for NetnsPool {
-    fn drop(&mut self) {
-        self.shared.lock().stop = true;
-        self.shared.wake.notify_all();
-        if let Some(w) = self.worker.take() {
-            let _ = w.join();
-        }
-    }
-}
-
-fn refill(shared: &Shared, size: usize, make: &MakeNetns) {
-    if let Err(error) = prism_sys::sched::set_thread_nice(0, REFILL_NICE) {
-        tracing::debug!(message = "cannot lower the netns pool's priority", %error);
-    }
-    let mut st = shared.lock();
-    loop {
-        while !st.stop && st.ready.len() >= size {
-            st = shared.wake.wait(st).unwrap_or_else(|p| p.into_inner());
-        }
-        if st.stop {
-            return;
-        }
-        drop(st);
-        let made = make();
-        st = shared.lock();
-        match made {
-            Ok(fd) => st.ready.push(fd),
-            Err(error) => {
-                tracing::warn!(message = "cannot make a network namespace ahead", %error);
-                let (g, _) = shared
-                    .wake
-                    .wait_timeout_while(st, RETRY_AFTER, |s| !s.stop)
-                    .unwrap_or_else(|p| p.into_inner());
-                st = g;
-            }
-        }
+        self.0.ready()
     }
 }
 
@@ -141,7 +56,8 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::time::Instant;
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
 
     use super::*;
 

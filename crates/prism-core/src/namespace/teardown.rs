@@ -168,9 +168,9 @@ mod tests {
             trash: Trash::new(&sandboxes).expect("trash"),
             dev_skeleton: None,
             cfg: NamespaceConfig {
-                sandboxes_dir: sandboxes.clone(),
-                agent_path: PathBuf::from("/nonexistent"),
                 netns_pool: 0,
+                spare_dirs: 0,
+                ..NamespaceConfig::new(sandboxes.clone(), PathBuf::from("/nonexistent"))
             },
         });
         let t = Teardowns::new(host.clone()).expect("teardowns");

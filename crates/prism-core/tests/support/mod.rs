@@ -77,11 +77,7 @@ impl Harness {
         );
         let cgroups = prism_sys::cgroup::detect(&cgroup_parent).expect("cgroups");
         let runtime = NamespaceRuntime::new(
-            NamespaceConfig {
-                sandboxes_dir: state.path().join("sandboxes"),
-                agent_path: agent,
-                netns_pool: prism_core::namespace::DEFAULT_NETNS_POOL,
-            },
+            NamespaceConfig::new(state.path().join("sandboxes"), agent),
             cgroups,
         )
         .expect("runtime");
@@ -131,11 +127,7 @@ impl Harness {
     /// daemon builds.
     pub fn reopen(&self) -> NamespaceRuntime {
         NamespaceRuntime::new(
-            NamespaceConfig {
-                sandboxes_dir: self.state.path().join("sandboxes"),
-                agent_path: agent_path(),
-                netns_pool: prism_core::namespace::DEFAULT_NETNS_POOL,
-            },
+            NamespaceConfig::new(self.state.path().join("sandboxes"), agent_path()),
             prism_sys::cgroup::detect(&self.cgroup_parent).expect("cgroups"),
         )
         .expect("runtime")

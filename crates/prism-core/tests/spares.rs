@@ -1,0 +1,196 @@
+//! Sandbox directories made ahead (`namespace/spare.rs`): first starts take them, the pool
+//! refills, a restarted runtime discards the old ones, and a sandbox's own `/etc` is never
+//! written by the host after its first start.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use prism_core::{Limits, RootfsSpec, Runtime};
+use support::harness;
+
+fn eventually(what: &str, f: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The spares in the sandboxes directory, by name, with their recorded id range.
+fn spares(sandboxes: &Path) -> Vec<(String, u32)> {
+    let mut out: Vec<(String, u32)> = std::fs::read_dir(sandboxes)
+        .expect("sandboxes dir")
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            if !name.starts_with(".spare-") {
+                return None;
+            }
+            let base = std::fs::read_to_string(e.path().join("uid_base")).ok()?;
+            Some((name, base.trim().parse().ok()?))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn first_starts_take_a_ready_directory_and_the_pool_refills() {
+    let Some(h) = harness("spares_first_start") else {
+        return;
+    };
+    let sandboxes = h.state.path().join("sandboxes");
+    eventually("two spares", || h.runtime.spares_ready() == 2);
+    let before = spares(&sandboxes);
+    assert_eq!(before.len(), 2, "{before:?}");
+    let (handle, client) = h.start("taker", Limits::default());
+    let taken: Vec<_> = before
+        .iter()
+        .filter(|(name, _)| !sandboxes.join(name).exists())
+        .collect();
+    assert_eq!(taken.len(), 1, "exactly one spare was used: {before:?}");
+    assert_eq!(
+        handle.uid_base, taken[0].1,
+        "the sandbox runs in the spare's id range"
+    );
+    // The spare's socket, bound before the sandbox existed, is the agent's.
+    let out = h.sh(
+        &client,
+        "cat /etc/hostname; grep -c host-taker /etc/hosts; stat -c %u:%g /etc/hostname /etc/hosts /etc /; touch /etc/hosts && echo writable",
+    );
+    assert_eq!(out.exit_code, 0, "{out:?}");
+    assert_eq!(
+        out.stdout, "host-taker\n2\n0:0\n0:0\n0:0\n0:0\nwritable\n",
+        "{out:?}"
+    );
+    eventually("refilled", || h.runtime.spares_ready() == 2);
+    let after = spares(&sandboxes);
+    assert_eq!(after.len(), 2, "{after:?}");
+    let bases: BTreeSet<u32> = after.iter().map(|(_, b)| *b).collect();
+    assert!(
+        !bases.contains(&handle.uid_base),
+        "a spare shares the running sandbox's id range: {after:?}"
+    );
+    h.destroy("taker");
+    // A second first start under the same id gets a fresh directory (a spare again).
+    let (_, client) = h.start("taker", Limits::default());
+    assert_eq!(h.sh(&client, "ls /root | wc -l").stdout.trim(), "0");
+    h.destroy("taker");
+}
+
+#[test]
+fn a_restarted_runtime_discards_the_old_spares() {
+    let Some(h) = harness("spares_restart") else {
+        return;
+    };
+    let sandboxes = h.state.path().join("sandboxes");
+    eventually("two spares", || h.runtime.spares_ready() == 2);
+    let old = spares(&sandboxes);
+    let reopened = h.reopen();
+    for (name, _) in &old {
+        assert!(
+            !sandboxes.join(name).exists(),
+            "{name} survived the restart"
+        );
+    }
+    eventually("new spares", || reopened.spares_ready() == 2);
+    // The old spares' ranges were not taken by the restarted runtime: its first sandboxes
+    // start in them (the lowest free ranges) rather than above them.
+    let lowest_old = old.iter().map(|(_, b)| *b).min().expect("old spares");
+    let new: Vec<u32> = spares(&sandboxes).iter().map(|(_, b)| *b).collect();
+    assert!(
+        new.iter().any(|b| *b <= lowest_old),
+        "old ranges leaked: old {old:?}, new {new:?}"
+    );
+    drop(reopened);
+}
+
+#[test]
+fn a_root_filesystem_of_another_shape_gets_a_directory_of_its_own() {
+    let Some(h) = harness("spares_shape") else {
+        return;
+    };
+    eventually("two spares", || h.runtime.spares_ready() == 2);
+    // One overlay mount instead of base's two.
+    let mut spec = h.spec("oneshape", Limits::default());
+    spec.rootfs = RootfsSpec {
+        mounts: vec![spec.rootfs.mounts[0].clone()],
+    };
+    let handle = h.runtime.start(&spec).expect("start");
+    let root = h.state.path().join("sandboxes/oneshape");
+    assert!(root.join("upper/0").is_dir());
+    assert!(
+        !root.join("upper/1").exists() && !root.join("lower/1-0").exists(),
+        "a directory of the wrong shape was used"
+    );
+    h.runtime.stop(&handle).expect("stop");
+    let layers = h.runtime.writable_layers("oneshape").expect("layers");
+    assert_eq!(layers.uppers.len(), 1);
+    h.runtime.destroy("oneshape").expect("destroy");
+    // The pool follows the last shape started.
+    eventually("spares of the new shape", || {
+        let s = spares(&h.state.path().join("sandboxes"));
+        s.len() == 2
+            && s.iter().all(|(name, _)| {
+                !h.state
+                    .path()
+                    .join("sandboxes")
+                    .join(name)
+                    .join("upper/1")
+                    .exists()
+            })
+    });
+    let (_, client) = h.start("backtobase", Limits::default());
+    assert_eq!(
+        h.sh(&client, "cat /etc/hostname").stdout,
+        "host-backtobase\n"
+    );
+    h.destroy("backtobase");
+    assert!(h.runtime.settle(Duration::from_secs(30)));
+}
+
+#[test]
+fn a_restart_does_not_write_through_a_symlinked_etc() {
+    let Some(h) = harness("spares_etc_symlink") else {
+        return;
+    };
+    // A host directory the sandbox's /etc will point at (an absolute symlink in the writable
+    // layer resolves on the host when the host follows it).
+    let bait = tempfile::Builder::new()
+        .prefix("prism-bait-")
+        .tempdir_in("/var/tmp")
+        .expect("bait dir");
+    let (handle, client) = h.start("etclink", Limits::default());
+    let out = h.sh(
+        &client,
+        &format!(
+            "mv /etc /etc.old && ln -s {} /etc && echo moved",
+            bait.path().display()
+        ),
+    );
+    assert_eq!(out.stdout.trim(), "moved", "{out:?}");
+    h.runtime.stop(&handle).expect("stop");
+    let handle = h
+        .runtime
+        .start(&h.spec("etclink", Limits::default()))
+        .expect("start again");
+    let entries: Vec<_> = std::fs::read_dir(bait.path())
+        .expect("bait")
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(
+        entries.is_empty(),
+        "the host wrote {entries:?} into {}",
+        bait.path().display()
+    );
+    let client = prism_proto::AgentClient::new(&handle.agent_socket);
+    assert_eq!(
+        h.sh(&client, "cat /etc.old/hostname").stdout,
+        "host-etclink\n"
+    );
+    h.destroy("etclink");
+}
