@@ -83,7 +83,11 @@ pub(super) fn write_identity(dirs: &SandboxDirs, hostname: &str, base: u32) -> i
         let existed = path.symlink_metadata().is_ok();
         // Writing into an existing file allocates no inode (on a busy ext4 without a journal
         // a new inode costs ~0.4 ms); the length is set in case an earlier attempt left more.
-        let mut f = fs::File::options().write(true).create(true).open(&path)?;
+        let mut f = fs::File::options()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)?;
         f.write_all(text.as_bytes())?;
         f.set_len(text.len() as u64)?;
         if !existed {
