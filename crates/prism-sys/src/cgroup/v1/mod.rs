@@ -530,46 +530,6 @@ impl V1Manager {
         ids.dedup();
         Ok(ids)
     }
-
-    /// Give `id` (which has no directory yet) a spare set, renamed in every one of `mounts`.
-    /// `false` (and nothing changed for `id`) when there is none or a rename failed.
-    fn rename_spare(&self, id: &str, mounts: &[&Path]) -> bool {
-        if id.starts_with(spares::PREFIX) || self.io.exists(&self.dir(&self.hierarchies.memory, id))
-        {
-            return false;
-        }
-        let Some(name) = self.lock_spares().as_ref().and_then(|s| s.take()) else {
-            return false;
-        };
-        for (i, mount) in mounts.iter().enumerate() {
-            if let Err(error) = self
-                .io
-                .rename(&self.dir(mount, &name), &self.dir(mount, id))
-            {
-                tracing::debug!(cgroup = id, %error, "cannot rename a spare cgroup");
-                for done in &mounts[..i] {
-                    let _ = self.io.rename(&self.dir(done, id), &self.dir(done, &name));
-                }
-                for mount in mounts {
-                    let _ = self.io.remove_dir(&self.dir(mount, &name));
-                }
-                return false;
-            }
-        }
-        true
-    }
-
-    /// The start that took a spare set is past its cgroup work (see `Spares::refill`).
-    fn refill_spares(&self) {
-        if let Some(spares) = self.lock_spares().as_ref() {
-            spares.refill();
-        }
-    }
-
-    /// How many spare sets are ready (for tests).
-    pub fn spares_ready(&self) -> usize {
-        self.lock_spares().as_ref().map_or(0, spares::Spares::ready)
-    }
 }
 
 /// Writes `FROZEN` or `THAWED` to the v1 `freezer.state` in `dir` and waits until it reads

@@ -15,6 +15,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use super::V1Manager;
 use crate::cgroup::SharedIo;
 
 /// Names of spare sets start with this.
@@ -202,5 +203,46 @@ fn remove_stale(shared: &Shared) {
         {
             shared.remove(&name);
         }
+    }
+}
+
+impl V1Manager {
+    /// Give `id` (which has no directory yet) a spare set, renamed in every one of `mounts`.
+    /// `false` (and nothing changed for `id`) when there is none or a rename failed.
+    pub(super) fn rename_spare(&self, id: &str, mounts: &[&Path]) -> bool {
+        if id.starts_with(PREFIX) || self.io.exists(&self.dir(&self.hierarchies.memory, id)) {
+            return false;
+        }
+        let Some(name) = self.lock_spares().as_ref().and_then(|s| s.take()) else {
+            return false;
+        };
+        for (i, mount) in mounts.iter().enumerate() {
+            if let Err(error) = self
+                .io
+                .rename(&self.dir(mount, &name), &self.dir(mount, id))
+            {
+                tracing::debug!(cgroup = id, %error, "cannot rename a spare cgroup");
+                for done in &mounts[..i] {
+                    let _ = self.io.rename(&self.dir(done, id), &self.dir(done, &name));
+                }
+                for mount in mounts {
+                    let _ = self.io.remove_dir(&self.dir(mount, &name));
+                }
+                return false;
+            }
+        }
+        true
+    }
+
+    /// The start that took a spare set is past its cgroup work (see `Spares::refill`).
+    pub(super) fn refill_spares(&self) {
+        if let Some(spares) = self.lock_spares().as_ref() {
+            spares.refill();
+        }
+    }
+
+    /// How many spare sets are ready (for tests).
+    pub fn spares_ready(&self) -> usize {
+        self.lock_spares().as_ref().map_or(0, Spares::ready)
     }
 }
