@@ -175,8 +175,8 @@ fn the_old_root_is_detached_when_launch_returns() {
     cfg.argv = vec!["sleep".into(), "30".into()];
     for _ in 0..20 {
         let launched = launch(&cfg, &mut |_| Ok(())).expect("launch");
-        // Right away: only the new root and what is under /usr, none of the host's mounts
-        // (the old root is detached by a helper; `launch` returns after it is done).
+        // Right away: only the new root and what was mounted into it, none of the host's
+        // mounts (the detach of the old root is done when `launch` returns).
         let points = mount_points(launched.pid);
         let _ = prism_sys::proc::pidfd_kill(&launched.pidfd, libc::SIGKILL);
         let _ = prism_sys::proc::pidfd_wait(&launched.pidfd);

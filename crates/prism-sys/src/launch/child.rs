@@ -112,12 +112,7 @@ fn exists_ok(ret: isize) -> Result<(), Errno> {
 ///
 /// # Safety
 /// Raw syscalls on prepared C strings.
-unsafe fn step(
-    p: &Prepared,
-    index: usize,
-    s: &CStep,
-    trees: &[RawFd; MAX_TREES],
-) -> Result<(), Errno> {
+unsafe fn step(p: &Prepared, s: &CStep, trees: &[RawFd; MAX_TREES]) -> Result<(), Errno> {
     let null = std::ptr::null::<libc::c_char>();
     // SAFETY: every pointer comes from a CString of `p` that outlives this call.
     unsafe {
@@ -178,52 +173,13 @@ unsafe fn step(
             CStep::PivotRoot { new_root } => {
                 ok(sys!(libc::SYS_chdir, new_root.as_ptr()))?;
                 ok(sys!(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()))?;
-                detach_old_root(p, index)?;
+                ok(sys!(libc::SYS_umount2, c".".as_ptr(), libc::MNT_DETACH))?;
                 ok(sys!(libc::SYS_chdir, c"/".as_ptr()))
             }
             CStep::LoopbackUp => crate::netns::loopback_up(),
             CStep::Hostname(h) => ok(sys!(libc::SYS_sethostname, h.as_ptr(), h.as_bytes().len())),
             CStep::Mask { path } => mask(p, path),
             CStep::ReadOnly { path } => read_only(path),
-        }
-    }
-}
-
-/// Detach the old root, which `pivot_root(".", ".")` left stacked on the new one (the working
-/// directory), in a helper process, so that the kernel's wait for an RCU grace period before it
-/// frees the detached mounts (`synchronize_rcu_expedited` in `namespace_unlock`: 0.1-0.2 ms at
-/// the median here, 0.5-7.5 ms at p90) overlaps the rest of the start instead of lying on its
-/// path. Absolute and relative lookups resolve in the new root already (the stacked mount is only
-/// reached by `umount2`'s lookup), and the helper holds a copy of the launch socket, so the
-/// parent's end-of-file (and with it `launch`'s return, before which nothing of the sandbox's
-/// runs) comes only after the helper detached the old root and exited; a failure is reported as
-/// this step's. Without a helper (its clone failed) the detach happens here.
-///
-/// # Safety
-/// In the launch child, with every signal blocked, right after the `pivot_root`.
-unsafe fn detach_old_root(p: &Prepared, index: usize) -> Result<(), Errno> {
-    let arg = (p.sock as u32 as usize) | (index << 32);
-    // SAFETY: the helper stack is ours alone (`ChildStack`), kept until end-of-file like ours;
-    // `detach_entry` makes raw syscalls only and exits.
-    let pid = unsafe { super::clone::spawn_helper(p.helper_stack, detach_entry, arg) };
-    if pid > 0 {
-        return Ok(());
-    }
-    // SAFETY: a raw umount2 of the working directory's top mount.
-    ok(unsafe { sys!(libc::SYS_umount2, c".".as_ptr(), libc::MNT_DETACH) })
-}
-
-/// The helper of [`detach_old_root`]: `arg` is the launch socket (low 32 bits) and the step
-/// index to report a failure as.
-extern "C" fn detach_entry(arg: usize) -> ! {
-    let sock = arg as u32 as RawFd;
-    // SAFETY: a raw umount2 of the working directory's top mount (the old root), then exit.
-    unsafe {
-        if let Err(e) = ok(sys!(libc::SYS_umount2, c".".as_ptr(), libc::MNT_DETACH)) {
-            fail(sock, arg >> 32, e);
-        }
-        loop {
-            sys!(libc::SYS_exit_group, 0);
         }
     }
 }
@@ -441,7 +397,7 @@ pub(super) unsafe fn run(p: &Prepared) -> ! {
                 }
                 placed = true;
             }
-            if let Err(e) = step(p, i, s, &trees) {
+            if let Err(e) = step(p, s, &trees) {
                 fail(sock, i, e);
             }
         }

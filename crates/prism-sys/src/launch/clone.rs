@@ -26,14 +26,10 @@ use crate::raw::{check, sys};
 const STACK_SIZE: usize = 256 * 1024;
 /// Top pages of a new stack mapped right away (a fault here costs 2.7 µs, a populate 1.9).
 const POPULATED: usize = 4 * 4096;
-/// Size of the stack of the child's helper that detaches the old root (`child.rs`), which makes
-/// one syscall; it sits below the child's stack with a guard page under each.
-const HELPER_STACK_SIZE: usize = 16 * 1024;
 /// Stacks kept for later launches (several launches may run at once on different threads).
 const POOL: usize = 8;
 
-/// An anonymous mapping for a child's stack and its helper's (see [`HELPER_STACK_SIZE`]):
-/// guard page, helper stack, guard page, child stack, from low to high addresses.
+/// An anonymous mapping for a child's stack, with a `PROT_NONE` guard page at its low end.
 #[derive(Debug)]
 pub(super) struct ChildStack {
     base: usize,
@@ -61,8 +57,7 @@ impl ChildStack {
     }
 
     fn map() -> io::Result<Self> {
-        let page = page_size();
-        let len = page + HELPER_STACK_SIZE + page + STACK_SIZE;
+        let len = STACK_SIZE + page_size();
         // SAFETY: a fresh private anonymous mapping; nothing else refers to it.
         let base = unsafe {
             libc::mmap(
@@ -81,59 +76,25 @@ impl ChildStack {
             base: base as usize,
             len,
         };
-        // SAFETY: two pages of our own mapping become the guards.
-        let guarded = unsafe {
-            libc::mprotect(base, page, libc::PROT_NONE) == 0
-                && libc::mprotect(
-                    stack.child_base() as *mut libc::c_void,
-                    page,
-                    libc::PROT_NONE,
-                ) == 0
-        };
-        if !guarded {
+        // SAFETY: the lowest page of our own mapping becomes the guard.
+        if unsafe { libc::mprotect(base, page_size(), libc::PROT_NONE) } != 0 {
             return Err(io::Error::last_os_error());
         }
-        // SAFETY: prefaulting the tops of our own mapping; a kernel without
-        // MADV_POPULATE_WRITE (before 5.14) answers EINVAL and the children fault them instead.
+        // SAFETY: prefaulting the top of our own mapping; a kernel without
+        // MADV_POPULATE_WRITE (before 5.14) answers EINVAL and the child faults them instead.
         unsafe {
             libc::madvise(
                 (stack.top() - POPULATED) as *mut libc::c_void,
                 POPULATED,
                 libc::MADV_POPULATE_WRITE,
             );
-            libc::madvise(
-                (stack.helper_top() - page) as *mut libc::c_void,
-                page,
-                libc::MADV_POPULATE_WRITE,
-            );
         }
         Ok(stack)
     }
 
-    /// The guard page under the child's stack (the helper's stack ends there).
-    fn child_base(&self) -> usize {
-        self.base + page_size() + HELPER_STACK_SIZE
-    }
-
-    /// The lowest address of the child's stack (above its guard page).
-    fn child_low(&self) -> usize {
-        self.child_base() + page_size()
-    }
-
-    /// The (16-byte aligned) top of the child's stack.
+    /// The (16-byte aligned) top of the stack.
     fn top(&self) -> usize {
         (self.base + self.len) & !15
-    }
-
-    /// The (16-byte aligned) top of the helper's stack.
-    fn helper_top(&self) -> usize {
-        self.child_base() & !15
-    }
-
-    /// `(lowest address, size)` of the helper's stack, for [`spawn_helper`].
-    pub(super) fn helper(&self) -> (usize, usize) {
-        let low = self.base + page_size();
-        (low, self.helper_top() - low)
     }
 }
 
@@ -175,43 +136,6 @@ extern "C" fn child_entry(arg: usize) -> ! {
     unsafe { super::child::run(&*(arg as *const Prepared)) }
 }
 
-/// `clone3(args)` whose child calls `entry(arg)` on the stack `args` names. Returns the
-/// child's pid, or `-errno`; the child never returns here.
-///
-/// # Safety
-/// `args` must name a stack nothing else uses, and `entry` may only do what a process on the
-/// caller's memory may do (`args.flags` has `CLONE_VM`: see the module docs).
-#[inline(always)]
-unsafe fn clone3_into(args: &CloneArgs, entry: extern "C" fn(usize) -> !, arg: usize) -> isize {
-    let ret: isize;
-    // SAFETY: the raw clone3 syscall. In the parent it returns the pid (or -errno) in rax and
-    // clobbers rcx/r11 as every syscall does. In the child (rax 0) rsp is the top of the new
-    // stack (16-byte aligned) and r12/r13 are copies of ours: it clears the frame pointer and
-    // calls `entry(arg)`, which never returns (`ud2` guards that); it never touches the
-    // parent's stack.
-    unsafe {
-        std::arch::asm!(
-            "syscall",
-            "test rax, rax",
-            "jnz 2f",
-            "xor ebp, ebp",
-            "mov rdi, r12",
-            "call r13",
-            "ud2",
-            "2:",
-            inlateout("rax") libc::SYS_clone3 as isize => ret,
-            in("rdi") args as *const CloneArgs,
-            in("rsi") std::mem::size_of::<CloneArgs>(),
-            in("r12") arg,
-            in("r13") entry as usize,
-            lateout("rcx") _,
-            lateout("r11") _,
-            options(nostack),
-        );
-    }
-    ret
-}
-
 /// `clone3(flags | CLONE_VM | CLONE_PIDFD)` whose child runs `child::run(prepared)` on
 /// `stack`. Returns the child's pid and stores its pidfd, or `-errno`.
 ///
@@ -228,37 +152,37 @@ pub(super) unsafe fn clone_vm(
         flags: flags | (libc::CLONE_VM | libc::CLONE_PIDFD) as u64,
         pidfd: pidfd as *mut RawFd as u64,
         exit_signal: libc::SIGCHLD as u64,
-        stack: stack.child_low() as u64,
-        stack_size: (stack.top() - stack.child_low()) as u64,
+        stack: stack.base as u64,
+        stack_size: (stack.top() - stack.base) as u64,
         ..CloneArgs::default()
     };
-    // SAFETY: as promised by the caller; `child_entry` runs `child::run`, which keeps to the
-    // rules of a child on the caller's memory.
-    unsafe { clone3_into(&args, child_entry, prepared as *const Prepared as usize) }
-}
-
-/// From the launch child: `clone3(CLONE_VM)` of a helper process (a child of the sandbox's
-/// init, in all of its namespaces, with a copy of its fd table) that runs `entry(arg)` on the
-/// helper stack `(low, size)` (see [`ChildStack::helper`]). Returns the helper's pid or
-/// `-errno`. Its exit raises `SIGCHLD` in the init (the agent reaps it).
-///
-/// # Safety
-/// In the launch child only, with every signal blocked; `entry` keeps to the launch child's
-/// rules (raw syscalls, its own stack) and exits; nothing else uses the helper stack.
-pub(super) unsafe fn spawn_helper(
-    stack: (usize, usize),
-    entry: extern "C" fn(usize) -> !,
-    arg: usize,
-) -> isize {
-    let args = CloneArgs {
-        flags: libc::CLONE_VM as u64,
-        exit_signal: libc::SIGCHLD as u64,
-        stack: stack.0 as u64,
-        stack_size: stack.1 as u64,
-        ..CloneArgs::default()
-    };
-    // SAFETY: as promised by the caller.
-    unsafe { clone3_into(&args, entry, arg) }
+    let ret: isize;
+    // SAFETY: the raw clone3 syscall. In the parent it returns the pid (or -errno) in rax and
+    // clobbers rcx/r11 as every syscall does. In the child (rax 0) rsp is the top of the new
+    // stack (16-byte aligned) and r12/r13 are copies of ours: it clears the frame pointer and
+    // calls `child_entry(prepared)`, which never returns (`ud2` guards that); it never touches
+    // the parent's stack.
+    unsafe {
+        std::arch::asm!(
+            "syscall",
+            "test rax, rax",
+            "jnz 2f",
+            "xor ebp, ebp",
+            "mov rdi, r12",
+            "call r13",
+            "ud2",
+            "2:",
+            inlateout("rax") libc::SYS_clone3 as isize => ret,
+            in("rdi") &args as *const CloneArgs,
+            in("rsi") std::mem::size_of::<CloneArgs>(),
+            in("r12") prepared as *const Prepared as usize,
+            in("r13") child_entry as extern "C" fn(usize) -> ! as usize,
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack),
+        );
+    }
+    ret
 }
 
 /// The calling thread's signal mask while every signal is blocked; restored on drop.

@@ -12,9 +12,7 @@
 //! child mounts (two cores work at once), then sends one byte: the child waits for it before
 //! its cgroup namespace, limits and exec ([`Step::UnshareCgroup`]). The child answers with
 //! nothing on success (its end is close-on-exec, so the parent reads end-of-file once the exec
-//! happened) or with `(step, errno)` on failure. The old root left by [`Step::PivotRoot`] is
-//! detached by a helper process of the child's that holds a copy of that end, so end-of-file
-//! also means the old root is gone (see `child.rs`, `detach_old_root`).
+//! happened) or with `(step, errno)` on failure.
 
 mod child;
 mod clone;
@@ -66,8 +64,7 @@ pub enum Step {
         target: String,
         link: PathBuf,
     },
-    /// `pivot_root(new_root, new_root)`, detach the old root (in a helper process, done before
-    /// [`launch`] returns), `chdir("/")`.
+    /// `pivot_root(new_root, new_root)`, detach the old root, `chdir("/")`.
     PivotRoot {
         new_root: PathBuf,
     },
@@ -188,7 +185,6 @@ pub fn launch(
         }
     };
     let stack = clone::ChildStack::take().map_err(parent_err("mapping the child's stack"))?;
-    prepared.helper_stack = stack.helper();
     let dumpable = clone::DumpableGuard::new();
     let mut pidfd: RawFd = -1;
     let pid = {

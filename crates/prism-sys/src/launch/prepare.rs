@@ -59,9 +59,6 @@ pub struct Prepared {
     /// `launch` once the pair exists.
     pub(crate) sock: RawFd,
     pub(crate) parent_end: RawFd,
-    /// `(lowest address, size)` of the stack of the child's helper (`child.rs`,
-    /// `detach_old_root`); set by `launch` once it has the stack.
-    pub(crate) helper_stack: (usize, usize),
     pub(crate) stderr: RawFd,
     pub(crate) dev_null: CString,
     pub(crate) empty: CString,
@@ -164,7 +161,6 @@ impl Prepared {
             fd3: cfg.fd3.as_raw_fd(),
             sock: -1,
             parent_end: -1,
-            helper_stack: (0, 0),
             stderr: cfg.stderr.as_raw_fd(),
             dev_null: cstring("path", "/dev/null")?,
             empty: cstring("path", "")?,
