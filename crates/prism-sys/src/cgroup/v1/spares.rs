@@ -11,6 +11,7 @@
 //! the pool removes its own when it is dropped.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -27,10 +28,12 @@ const REFILL_NICE: i32 = 10;
 /// How long the refill thread rests after a failure before it tries again.
 const RETRY_AFTER: Duration = Duration::from_secs(5);
 
+/// Numbers spare names across every pool of this process (two managers may share a parent).
+static NEXT: AtomicU64 = AtomicU64::new(1);
+
 #[derive(Default)]
 struct State {
     ready: Vec<String>,
-    next: u64,
     stop: bool,
 }
 
@@ -157,8 +160,7 @@ fn refill(shared: &Shared) {
             if state.stop {
                 return;
             }
-            state.next += 1;
-            format!("{PREFIX}{pid}-{}", state.next)
+            format!("{PREFIX}{pid}-{}", NEXT.fetch_add(1, Ordering::Relaxed))
         };
         match shared.make(&name) {
             Ok(()) => {

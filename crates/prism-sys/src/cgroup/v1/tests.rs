@@ -572,3 +572,29 @@ fn spares_of_dead_processes_are_removed_and_dropping_the_pool_removes_its_own()
     }
     Ok(())
 }
+
+#[test]
+fn two_managers_on_one_parent_keep_spares_of_their_own() -> Result<(), CgroupError> {
+    let (t, m) = hybrid(false);
+    let h = |name: &str| PathBuf::from(format!("/sys/fs/cgroup/{name}"));
+    let hierarchies = V1Hierarchies {
+        cpu: h("cpu"),
+        cpuacct: h("cpuacct"),
+        memory: h("memory"),
+        pids: h("pids"),
+        freezer: h("freezer"),
+    };
+    let other = V1Manager::new(t.shared(), hierarchies, None, "prism-test")?;
+    m.keep_spares(1)?;
+    other.keep_spares(1)?;
+    assert!(eventually(
+        || m.spares_ready() == 1 && other.spares_ready() == 1
+    ));
+    assert_eq!(spare_dirs(&t, "memory").len(), 2);
+    // Each takes its own set.
+    m.create("a", &CgroupLimits::default())?;
+    other.create("b", &CgroupLimits::default())?;
+    assert!(spare_dirs(&t, "memory").is_empty());
+    assert_eq!(m.list()?, vec!["a".to_owned(), "b".to_owned()]);
+    Ok(())
+}
