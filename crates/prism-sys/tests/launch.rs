@@ -104,3 +104,92 @@ fn launches_from_several_threads_at_once_all_start() {
     });
     assert!(prism_sys::proc::dumpable());
 }
+
+/// The mount points of process `pid` (as it sees them), from its mountinfo.
+fn mount_points(pid: u32) -> Vec<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
+        .expect("mountinfo")
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
+        .collect()
+}
+
+#[test]
+fn the_old_root_is_detached_when_launch_returns() {
+    require_root!();
+    let _serial = common::serial();
+    let root = tempfile::tempdir().expect("tempdir");
+    let new_root = root.path().to_path_buf();
+    let mut cfg = config();
+    // A tmpfs root with the host's /usr and /dev/null bound in, so that a dynamic /bin/sleep
+    // runs there.
+    cfg.steps = vec![
+        Step::MakeRootPrivate,
+        Step::Mount {
+            source: "tmpfs".into(),
+            target: new_root.clone(),
+            fstype: Some("tmpfs".into()),
+            flags: 0,
+            data: Some("mode=755".into()),
+        },
+        Step::Mkdir {
+            path: new_root.join("usr"),
+            mode: 0o755,
+        },
+        Step::Mount {
+            source: "/usr".into(),
+            target: new_root.join("usr"),
+            fstype: None,
+            flags: prism_sys::launch::flags::BIND | prism_sys::launch::flags::REC,
+            data: None,
+        },
+        // The child opens /dev/null in its new root for the exec's stdin and stdout.
+        Step::Mkdir {
+            path: new_root.join("dev"),
+            mode: 0o755,
+        },
+        Step::Touch {
+            path: new_root.join("dev/null"),
+            mode: 0o666,
+        },
+        Step::Mount {
+            source: "/dev/null".into(),
+            target: new_root.join("dev/null"),
+            fstype: None,
+            flags: prism_sys::launch::flags::BIND,
+            data: None,
+        },
+        Step::Symlink {
+            target: "usr/lib".into(),
+            link: new_root.join("lib"),
+        },
+        Step::Symlink {
+            target: "usr/lib64".into(),
+            link: new_root.join("lib64"),
+        },
+        Step::PivotRoot {
+            new_root: new_root.clone(),
+        },
+    ];
+    cfg.exe = "/bin/sleep".into();
+    cfg.argv = vec!["sleep".into(), "30".into()];
+    for _ in 0..20 {
+        let launched = launch(&cfg, &mut |_| Ok(())).expect("launch");
+        // Right away: only the new root and what was mounted into it, none of the host's
+        // mounts (the detach of the old root is done when `launch` returns).
+        let points = mount_points(launched.pid);
+        let _ = prism_sys::proc::pidfd_kill(&launched.pidfd, libc::SIGKILL);
+        let _ = prism_sys::proc::pidfd_wait(&launched.pidfd);
+        assert_eq!(points.first().map(String::as_str), Some("/"), "{points:?}");
+        assert!(
+            points
+                .iter()
+                .skip(1)
+                .all(|p| p == "/usr" || p.starts_with("/usr/") || p == "/dev/null"),
+            "host mounts left in the sandbox: {points:?}"
+        );
+        assert!(points.len() < 10, "{points:?}");
+    }
+    assert!(prism_sys::proc::dumpable());
+    run_true();
+}

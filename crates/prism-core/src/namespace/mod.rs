@@ -59,6 +59,9 @@ pub struct NamespaceConfig {
     pub spare_dirs: usize,
 }
 
+/// Cgroups kept made ahead (`CgroupManager::keep_spares`).
+const CGROUP_SPARES: usize = 2;
+
 /// How long a start waits for the teardown of an earlier sandbox with the same id.
 const TEARDOWN_WAIT: Duration = Duration::from_secs(30);
 
@@ -159,6 +162,10 @@ impl NamespaceRuntime {
         }
         let dev_skeleton = devskel::ensure(&cfg.sandboxes_dir);
         let netns = NetnsPool::isolated(cfg.netns_pool).map_err(sys("starting the netns pool"))?;
+        // Cgroups made ahead where the manager can; without them creates make their own.
+        if let Err(error) = cgroups.keep_spares(CGROUP_SPARES) {
+            tracing::warn!(%error, "no cgroups made ahead");
+        }
         let host = Arc::new(Host {
             dev_skeleton,
             cfg,

@@ -24,6 +24,12 @@ pub trait CgroupIo: Send + Sync + std::fmt::Debug {
     fn create_dir(&self, path: &Path) -> io::Result<()>;
     /// Removes one (empty) cgroup directory.
     fn remove_dir(&self, path: &Path) -> io::Result<()>;
+    /// Renames a cgroup directory within its parent (v1 hierarchies allow it; cgroup2 answers
+    /// `EPERM`). The default answers `Unsupported`.
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        let _ = (from, to);
+        Err(io::ErrorKind::Unsupported.into())
+    }
     /// Whether a file or directory exists.
     fn exists(&self, path: &Path) -> bool;
     /// Names of the sub-directories (child cgroups) of `path`.
@@ -52,6 +58,10 @@ impl CgroupIo for KernelIo {
 
     fn remove_dir(&self, path: &Path) -> io::Result<()> {
         fs::remove_dir(path)
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        fs::rename(from, to)
     }
 
     fn exists(&self, path: &Path) -> bool {

@@ -121,6 +121,12 @@ pub trait CgroupManager: Send + Sync + std::fmt::Debug {
     /// Destroys every cgroup under the parent, then the parent itself in every hierarchy (for
     /// tests and benchmarks that use a parent of their own). A missing parent is fine.
     fn remove_parent(&self) -> Result<(), CgroupError>;
+    /// Keep `count` cgroups made ahead for later [`CgroupManager::create`]s, where the manager
+    /// can (v1 hierarchies: see `v1/spares.rs`); 0 stops. The default does nothing.
+    fn keep_spares(&self, count: usize) -> Result<(), CgroupError> {
+        let _ = count;
+        Ok(())
+    }
 }
 
 /// Errors of the cgroup managers.
@@ -215,6 +221,9 @@ pub enum CgroupError {
         /// How long was waited.
         waited: Duration,
     },
+    /// The thread that makes cgroups ahead could not start.
+    #[error("cannot start the thread that makes cgroups ahead")]
+    Thread(#[source] std::io::Error),
     /// No cgroup hierarchy with the needed controllers is mounted.
     #[error("no usable cgroup hierarchy: {0}")]
     Unsupported(String),

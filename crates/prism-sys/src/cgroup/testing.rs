@@ -100,7 +100,7 @@ fn must<T>(r: io::Result<T>) -> T {
 }
 
 impl FakeIo {
-    fn real(&self, path: &Path) -> PathBuf {
+    pub(crate) fn real(&self, path: &Path) -> PathBuf {
         self.root.join(path.strip_prefix("/").unwrap_or(path))
     }
 
@@ -257,6 +257,14 @@ impl CgroupIo for FakeIo {
             return Err(io::Error::from_raw_os_error(nix::libc::EBUSY));
         }
         fs::remove_dir_all(real)
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        let to = self.real(to);
+        if to.exists() {
+            return Err(io::Error::from_raw_os_error(nix::libc::EEXIST));
+        }
+        fs::rename(self.real(from), to)
     }
 
     fn exists(&self, path: &Path) -> bool {

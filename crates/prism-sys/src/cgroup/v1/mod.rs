@@ -10,7 +10,10 @@
 //! `cpuset` is not joined (it would need `cpuset.cpus`/`cpuset.mems` copied from the parent and
 //! buys nothing without CPU pinning), nor are `devices`, `blkio` or `name=systemd`.
 
+mod spares;
+
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::io::Files;
@@ -50,6 +53,8 @@ pub struct V1Manager {
     unified_core: std::sync::OnceLock<bool>,
     parent: PathBuf,
     timeout: Duration,
+    /// Directory sets made ahead (see `spares.rs`), once [`CgroupManager::keep_spares`] ran.
+    spares: Mutex<Option<spares::Spares>>,
 }
 
 impl V1Manager {
@@ -67,6 +72,7 @@ impl V1Manager {
             unified_core: std::sync::OnceLock::new(),
             parent: validate_parent(parent)?,
             timeout: DEFAULT_TIMEOUT,
+            spares: Mutex::new(None),
         })
     }
 
@@ -293,11 +299,15 @@ impl CgroupManager for V1Manager {
         check_limits(limits)?;
         let mut created = Vec::new();
         let mounts = self.v1_mounts();
-        for mount in &mounts {
-            self.ensure_parent(mount)?;
-            let dir = self.dir(mount, id);
-            if self.files().create_dir(&dir)? {
-                created.push(dir);
+        if self.rename_spare(id, &mounts) {
+            created.extend(mounts.iter().map(|m| self.dir(m, id)));
+        } else {
+            for mount in &mounts {
+                self.ensure_parent(mount)?;
+                let dir = self.dir(mount, id);
+                if self.files().create_dir(&dir)? {
+                    created.push(dir);
+                }
             }
         }
         let fresh = created.len() == mounts.len();
@@ -335,6 +345,7 @@ impl CgroupManager for V1Manager {
             for dir in created.iter().rev() {
                 let _ = self.io.remove_dir(dir);
             }
+            self.refill_spares();
             return Err(error);
         }
         Ok(())
@@ -351,9 +362,11 @@ impl CgroupManager for V1Manager {
                 .write(&self.dir(mount, id).join("cgroup.procs"), &value)?;
         }
         if let Some(core) = self.core() {
-            return self
+            let joined = self
                 .files()
                 .write(&self.dir(core, id).join("cgroup.procs"), &value);
+            self.refill_spares();
+            return joined;
         }
         if let Some(unified) = &self.unified {
             let procs = self.dir(unified, id).join("cgroup.procs");
@@ -363,6 +376,7 @@ impl CgroupManager for V1Manager {
                 tracing::warn!(cgroup = id, %error, "cannot join the cgroup2 hierarchy");
             }
         }
+        self.refill_spares();
         Ok(())
     }
 
@@ -460,10 +474,54 @@ impl CgroupManager for V1Manager {
         for dir in dirs {
             remove_cgroup_dir(self.io.as_ref(), &dir, self.timeout)?;
         }
+        // A set taken by a start that never joined (it failed) is made up for here at last.
+        self.refill_spares();
         Ok(())
     }
 
     fn list(&self) -> Result<Vec<String>, CgroupError> {
+        let mut ids = self.children()?;
+        ids.retain(|id| !id.starts_with(spares::PREFIX));
+        Ok(ids)
+    }
+
+    fn keep_spares(&self, count: usize) -> Result<(), CgroupError> {
+        let mut pool = self.lock_spares();
+        drop(pool.take());
+        if count == 0 {
+            return Ok(());
+        }
+        let mounts = self.v1_mounts();
+        for mount in &mounts {
+            self.ensure_parent(mount)?;
+        }
+        let parents = mounts.iter().map(|m| m.join(&self.parent)).collect();
+        let started = spares::Spares::start(Arc::clone(&self.io), parents, count)
+            .map_err(CgroupError::Thread)?;
+        *pool = Some(started);
+        Ok(())
+    }
+
+    fn remove_parent(&self) -> Result<(), CgroupError> {
+        // Stop the refill first (dropping the pool removes its sets); stale sets go below.
+        drop(self.lock_spares().take());
+        for id in self.children()? {
+            self.destroy(&id)?;
+        }
+        for mount in self.all_mounts() {
+            remove_cgroup_dir(self.io.as_ref(), &mount.join(&self.parent), self.timeout)?;
+        }
+        Ok(())
+    }
+}
+
+impl V1Manager {
+    fn lock_spares(&self) -> std::sync::MutexGuard<'_, Option<spares::Spares>> {
+        self.spares.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Names under the parent in every hierarchy, spare sets included.
+    fn children(&self) -> Result<Vec<String>, CgroupError> {
         let mut ids = Vec::new();
         for mount in self.all_mounts() {
             ids.extend(list_children(self.io.as_ref(), &mount.join(&self.parent))?);
@@ -471,16 +529,6 @@ impl CgroupManager for V1Manager {
         ids.sort();
         ids.dedup();
         Ok(ids)
-    }
-
-    fn remove_parent(&self) -> Result<(), CgroupError> {
-        for id in self.list()? {
-            self.destroy(&id)?;
-        }
-        for mount in self.all_mounts() {
-            remove_cgroup_dir(self.io.as_ref(), &mount.join(&self.parent), self.timeout)?;
-        }
-        Ok(())
     }
 }
 

@@ -1,6 +1,7 @@
 //! Unit tests of the v1 manager on a fake cgroupfs.
 
 use super::*;
+use crate::cgroup::CgroupIo;
 use crate::cgroup::testing::FakeTree;
 
 const UNLIMITED: &str = "9223372036854771712\n";
@@ -430,5 +431,170 @@ fn with_a_core_cgroup2_old_cpuacct_and_freezer_dirs_are_still_removed() -> Resul
     for h in ["cpu", "cpuacct", "memory", "pids", "freezer", "unified"] {
         assert!(!t.exists(&A.replace("{}", h)), "{h}");
     }
+    Ok(())
+}
+
+/// Polls `done` for up to five seconds.
+fn eventually(mut done: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while std::time::Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    done()
+}
+
+fn spare_dirs(t: &FakeTree, hierarchy: &str) -> Vec<String> {
+    let dir = t
+        .io()
+        .real(Path::new(&format!("/sys/fs/cgroup/{hierarchy}/prism-test")));
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|it| {
+            it.flatten()
+                .filter(|e| e.path().is_dir())
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter(|n| n.starts_with(spares::PREFIX))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+#[test]
+fn creates_take_spares_made_ahead_and_the_pool_refills() -> Result<(), CgroupError> {
+    let (t, m) = hybrid(true);
+    m.keep_spares(2)?;
+    assert!(eventually(|| m.spares_ready() == 2), "pool never filled");
+    let before = spare_dirs(&t, "memory");
+    assert_eq!(before.len(), 2, "{before:?}");
+    m.create("a", &limits())?;
+    // One spare set became "a" in every v1 hierarchy, with the limits written into it.
+    let after = spare_dirs(&t, "memory");
+    assert_eq!(
+        before.iter().filter(|n| !after.contains(n)).count(),
+        1,
+        "{before:?} -> {after:?}"
+    );
+    assert_eq!(t.read(&at("pids", "pids.max")), "10");
+    assert_eq!(t.read(&at("memory", "memory.limit_in_bytes")), "67108864");
+    for h in ["cpu", "cpuacct", "freezer", "unified"] {
+        assert!(t.exists(&at(h, "cgroup.procs")), "{h}");
+    }
+    // Spares are not sandboxes, and the pool makes a new one once the start joined.
+    assert_eq!(m.list()?, vec!["a".to_owned()]);
+    m.add_process("a", 4242)?;
+    assert!(eventually(|| m.spares_ready() == 2), "pool never refilled");
+    // Each create takes a different set: "b" is not "a" renamed twice.
+    m.create("b", &CgroupLimits::default())?;
+    assert!(t.exists(&at("cpu", "cgroup.procs")));
+    assert_eq!(m.list()?, vec!["a".to_owned(), "b".to_owned()]);
+    m.remove_parent()?;
+    assert!(spare_dirs(&t, "memory").is_empty());
+    assert!(!t.exists("/sys/fs/cgroup/memory/prism-test"));
+    Ok(())
+}
+
+#[test]
+fn an_existing_cgroup_keeps_its_directories() -> Result<(), CgroupError> {
+    let (t, m) = hybrid(false);
+    m.create("a", &limits())?;
+    m.keep_spares(1)?;
+    assert!(eventually(|| m.spares_ready() == 1));
+    // Converging an existing cgroup leaves the spare alone.
+    m.create("a", &CgroupLimits::default())?;
+    assert_eq!(m.spares_ready(), 1);
+    assert_eq!(t.read(&at("pids", "pids.max")), "max");
+    Ok(())
+}
+
+#[test]
+fn a_failed_rename_falls_back_to_mkdir_and_leaves_no_spare_behind() -> Result<(), CgroupError> {
+    let (t, m) = hybrid(false);
+    m.keep_spares(1)?;
+    assert!(eventually(|| m.spares_ready() == 1));
+    // Something else took the pids half of the spare set away.
+    let spare = spare_dirs(&t, "pids");
+    assert_eq!(spare.len(), 1);
+    t.io()
+        .remove_dir(Path::new(&format!(
+            "/sys/fs/cgroup/pids/prism-test/{}",
+            spare[0]
+        )))
+        .map_err(|source| CgroupError::RemoveDir {
+            path: PathBuf::from("pids spare"),
+            source,
+        })?;
+    m.create("a", &limits())?;
+    assert_eq!(t.read(&at("pids", "pids.max")), "10");
+    assert!(t.exists(&at("memory", "cgroup.procs")));
+    // The broken set is gone from every hierarchy, not renamed halfway; a destroy (here of a
+    // start that never joined) refills the pool.
+    assert!(spare_dirs(&t, "pids").is_empty());
+    m.destroy("a")?;
+    assert!(eventually(|| m.spares_ready() == 1), "pool never refilled");
+    drop(m.keep_spares(0));
+    for h in ["cpu", "memory", "pids"] {
+        assert!(spare_dirs(&t, h).is_empty(), "{h}: {:?}", spare_dirs(&t, h));
+    }
+    Ok(())
+}
+
+#[test]
+fn spares_of_dead_processes_are_removed_and_dropping_the_pool_removes_its_own()
+-> Result<(), CgroupError> {
+    let (t, m) = hybrid(false);
+    m.keep_spares(1)?;
+    assert!(eventually(|| m.spares_ready() == 1));
+    // A set left by a daemon that is gone (pid 0 never names a process in /proc).
+    for h in ["cpu", "memory", "pids"] {
+        t.io()
+            .create_dir(Path::new(&format!(
+                "/sys/fs/cgroup/{h}/prism-test/{}0-1",
+                spares::PREFIX
+            )))
+            .map_err(|source| CgroupError::CreateDir {
+                path: PathBuf::from(h),
+                source,
+            })?;
+    }
+    m.keep_spares(2)?;
+    assert!(eventually(|| m.spares_ready() == 2));
+    let names = spare_dirs(&t, "memory");
+    assert_eq!(names.len(), 2, "{names:?}");
+    let own = format!("{}{}-", spares::PREFIX, std::process::id());
+    assert!(names.iter().all(|n| n.starts_with(&own)), "{names:?}");
+    drop(m);
+    for h in ["cpu", "memory", "pids"] {
+        assert!(spare_dirs(&t, h).is_empty(), "{h}");
+    }
+    Ok(())
+}
+
+#[test]
+fn two_managers_on_one_parent_keep_spares_of_their_own() -> Result<(), CgroupError> {
+    let (t, m) = hybrid(false);
+    let h = |name: &str| PathBuf::from(format!("/sys/fs/cgroup/{name}"));
+    let hierarchies = V1Hierarchies {
+        cpu: h("cpu"),
+        cpuacct: h("cpuacct"),
+        memory: h("memory"),
+        pids: h("pids"),
+        freezer: h("freezer"),
+    };
+    let other = V1Manager::new(t.shared(), hierarchies, None, "prism-test")?;
+    m.keep_spares(1)?;
+    other.keep_spares(1)?;
+    assert!(eventually(
+        || m.spares_ready() == 1 && other.spares_ready() == 1
+    ));
+    assert_eq!(spare_dirs(&t, "memory").len(), 2);
+    // Each takes its own set.
+    m.create("a", &CgroupLimits::default())?;
+    other.create("b", &CgroupLimits::default())?;
+    assert!(spare_dirs(&t, "memory").is_empty());
+    assert_eq!(m.list()?, vec!["a".to_owned(), "b".to_owned()]);
     Ok(())
 }
