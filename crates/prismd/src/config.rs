@@ -13,7 +13,7 @@
 //! pool_min_available_mb = 512   # pools empty themselves while MemAvailable is below this
 //! fsync_state = false           # true: fsync every state commit (survives power loss; slower)
 //! netns_pool = 2                # network namespaces made ahead for starts (0 = none)
-//! spare_dirs = 2                # sandbox directories made ahead for first starts (0 = none)
+//! spare_dirs = 2                # sandbox directories (and cgroups) made ahead for starts (0 = none)
 //!
 //! [[pools]]                     # warm pools: idle started sandboxes that create claims
 //! template = "base"

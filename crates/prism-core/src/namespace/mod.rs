@@ -54,13 +54,11 @@ pub struct NamespaceConfig {
     /// Network namespaces kept ready for starts (0: every sandbox makes its own at its clone);
     /// see `netpool.rs`.
     pub netns_pool: usize,
-    /// Sandbox directories kept ready for first starts (0: each first start makes its own);
-    /// see `spare.rs`.
+    /// Sandbox directories kept ready for first starts (0: each first start makes its own),
+    /// see `spare.rs`; as many cgroup sets are made ahead where the cgroup manager can
+    /// (`CgroupManager::keep_spares`).
     pub spare_dirs: usize,
 }
-
-/// Cgroups kept made ahead (`CgroupManager::keep_spares`).
-const CGROUP_SPARES: usize = 2;
 
 /// How long a start waits for the teardown of an earlier sandbox with the same id.
 const TEARDOWN_WAIT: Duration = Duration::from_secs(30);
@@ -163,7 +161,7 @@ impl NamespaceRuntime {
         let dev_skeleton = devskel::ensure(&cfg.sandboxes_dir);
         let netns = NetnsPool::isolated(cfg.netns_pool).map_err(sys("starting the netns pool"))?;
         // Cgroups made ahead where the manager can; without them creates make their own.
-        if let Err(error) = cgroups.keep_spares(CGROUP_SPARES) {
+        if let Err(error) = cgroups.keep_spares(cfg.spare_dirs) {
             tracing::warn!(%error, "no cgroups made ahead");
         }
         let host = Arc::new(Host {
