@@ -428,25 +428,18 @@ mod tests {
     }
 
     #[test]
-    fn the_netns_pool_has_a_default_and_can_be_turned_off() {
+    fn what_is_made_ahead_has_a_default_and_can_be_turned_off() {
         let c = Config::resolve(&Flags::default(), &FileConfig::default(), true)
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.netns_pool, prism_core::namespace::DEFAULT_NETNS_POOL);
-        let file: FileConfig = toml::from_str("netns_pool = 0").unwrap_or_else(|e| panic!("{e}"));
-        let c = Config::resolve(&Flags::default(), &file, true).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(c.netns_pool, 0);
-        assert!(toml::from_str::<FileConfig>("netns_pool = -1").is_err());
-    }
-
-    #[test]
-    fn spare_dirs_have_a_default_and_can_be_turned_off() {
-        let c = Config::resolve(&Flags::default(), &FileConfig::default(), true)
-            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.spare_dirs, prism_core::namespace::DEFAULT_SPARE_DIRS);
-        let file: FileConfig = toml::from_str("spare_dirs = 0").unwrap_or_else(|e| panic!("{e}"));
+        let file: FileConfig =
+            toml::from_str("netns_pool = 0\nspare_dirs = 0").unwrap_or_else(|e| panic!("{e}"));
         let c = Config::resolve(&Flags::default(), &file, true).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(c.spare_dirs, 0);
-        assert!(toml::from_str::<FileConfig>("spare_dirs = \"two\"").is_err());
+        assert_eq!((c.netns_pool, c.spare_dirs), (0, 0));
+        for bad in ["netns_pool = -1", "spare_dirs = \"two\""] {
+            assert!(toml::from_str::<FileConfig>(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -39,14 +39,7 @@ fn hybrid(unified: bool) -> (FakeTree, V1Manager) {
         }
         PathBuf::from(format!("{cg}/unified"))
     });
-    let h = |name: &str| PathBuf::from(format!("{cg}/{name}"));
-    let hierarchies = V1Hierarchies {
-        cpu: h("cpu"),
-        cpuacct: h("cpuacct"),
-        memory: h("memory"),
-        pids: h("pids"),
-        freezer: h("freezer"),
-    };
+    let hierarchies = hierarchies_under(cg);
     let m = V1Manager::new(t.shared(), hierarchies, unified, "prism-test")
         .map(|m| m.with_timeout(Duration::from_millis(300)));
     match m {
@@ -66,6 +59,18 @@ fn limits() -> CgroupLimits {
         cpu_quota: Some(0.2),
         memory_bytes: Some(64 << 20),
         pids: Some(10),
+    }
+}
+
+/// The five v1 hierarchies mounted under `root`.
+fn hierarchies_under(root: &str) -> V1Hierarchies {
+    let h = |name: &str| PathBuf::from(format!("{root}/{name}"));
+    V1Hierarchies {
+        cpu: h("cpu"),
+        cpuacct: h("cpuacct"),
+        memory: h("memory"),
+        pids: h("pids"),
+        freezer: h("freezer"),
     }
 }
 
@@ -576,15 +581,12 @@ fn spares_of_dead_processes_are_removed_and_dropping_the_pool_removes_its_own()
 #[test]
 fn two_managers_on_one_parent_keep_spares_of_their_own() -> Result<(), CgroupError> {
     let (t, m) = hybrid(false);
-    let h = |name: &str| PathBuf::from(format!("/sys/fs/cgroup/{name}"));
-    let hierarchies = V1Hierarchies {
-        cpu: h("cpu"),
-        cpuacct: h("cpuacct"),
-        memory: h("memory"),
-        pids: h("pids"),
-        freezer: h("freezer"),
-    };
-    let other = V1Manager::new(t.shared(), hierarchies, None, "prism-test")?;
+    let other = V1Manager::new(
+        t.shared(),
+        hierarchies_under("/sys/fs/cgroup"),
+        None,
+        "prism-test",
+    )?;
     m.keep_spares(1)?;
     other.keep_spares(1)?;
     assert!(eventually(
