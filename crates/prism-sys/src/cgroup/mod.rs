@@ -317,6 +317,28 @@ fn poll_until(
 /// Shared handle on the I/O implementation.
 type SharedIo = Arc<dyn CgroupIo>;
 
+/// Freeze (`frozen`) or thaw a cgroup through `set`, which waits for the state and answers
+/// whether it was reached. A freeze that does not settle is undone (no cgroup is left
+/// half-frozen) and reported as a timeout, as is a thaw that does not settle.
+fn freeze_or_thaw(
+    id: &str,
+    timeout: Duration,
+    frozen: bool,
+    mut set: impl FnMut(bool) -> Result<bool, CgroupError>,
+) -> Result<(), CgroupError> {
+    if set(frozen)? {
+        return Ok(());
+    }
+    if frozen {
+        set(false)?;
+    }
+    Err(CgroupError::Timeout {
+        id: id.to_owned(),
+        state: if frozen { "frozen" } else { "thawed" },
+        waited: timeout,
+    })
+}
+
 /// Runs kill rounds until `is_empty` holds or `timeout` passes. `kill_round` gets the round
 /// number, so a manager can escalate (for example from `cgroup.kill` to freezer + signals).
 fn kill_until_empty(

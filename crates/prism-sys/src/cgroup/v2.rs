@@ -6,8 +6,8 @@ use std::time::Duration;
 use super::io::Files;
 use super::{
     CPU_PERIOD_US, CgroupError, CgroupLimits, CgroupManager, CgroupStats, CgroupVersion,
-    DEFAULT_TIMEOUT, SharedIo, check_limits, cpu_quota_us, kill_until_empty, list_children,
-    remove_cgroup_dir, validate_id, validate_parent,
+    DEFAULT_TIMEOUT, SharedIo, check_limits, cpu_quota_us, freeze_or_thaw, kill_until_empty,
+    list_children, remove_cgroup_dir, validate_id, validate_parent,
 };
 
 /// Controllers enabled for sandbox cgroups.
@@ -192,28 +192,16 @@ impl CgroupManager for V2Manager {
 
     fn freeze(&self, id: &str) -> Result<(), CgroupError> {
         let dir = self.require(id)?;
-        if self.set_frozen(&dir, true, self.timeout)? {
-            return Ok(());
-        }
-        self.set_frozen(&dir, false, self.timeout)?;
-        Err(CgroupError::Timeout {
-            id: id.to_owned(),
-            state: "frozen",
-            waited: self.timeout,
+        freeze_or_thaw(id, self.timeout, true, |f| {
+            self.set_frozen(&dir, f, self.timeout)
         })
     }
 
     fn thaw(&self, id: &str) -> Result<(), CgroupError> {
         let dir = self.require(id)?;
-        if self.set_frozen(&dir, false, self.timeout)? {
-            Ok(())
-        } else {
-            Err(CgroupError::Timeout {
-                id: id.to_owned(),
-                state: "thawed",
-                waited: self.timeout,
-            })
-        }
+        freeze_or_thaw(id, self.timeout, false, |f| {
+            self.set_frozen(&dir, f, self.timeout)
+        })
     }
 
     fn stats(&self, id: &str) -> Result<CgroupStats, CgroupError> {

@@ -19,8 +19,8 @@ use std::time::Duration;
 use super::io::Files;
 use super::{
     CPU_PERIOD_US, CgroupError, CgroupLimits, CgroupManager, CgroupStats, CgroupVersion,
-    DEFAULT_TIMEOUT, SharedIo, check_limits, cpu_quota_us, kill_until_empty, list_children,
-    poll_until, remove_cgroup_dir, validate_id, validate_parent,
+    DEFAULT_TIMEOUT, SharedIo, check_limits, cpu_quota_us, freeze_or_thaw, kill_until_empty,
+    list_children, poll_until, remove_cgroup_dir, validate_id, validate_parent,
 };
 
 /// v1 reports "unlimited" as a page-rounded `i64::MAX`; anything this large is no limit.
@@ -401,29 +401,16 @@ impl CgroupManager for V1Manager {
 
     fn freeze(&self, id: &str) -> Result<(), CgroupError> {
         self.require(id)?;
-        if self.set_frozen(id, true, self.timeout)? {
-            return Ok(());
-        }
-        // Leave no half-frozen cgroup behind.
-        self.set_frozen(id, false, self.timeout)?;
-        Err(CgroupError::Timeout {
-            id: id.to_owned(),
-            state: "frozen",
-            waited: self.timeout,
+        freeze_or_thaw(id, self.timeout, true, |f| {
+            self.set_frozen(id, f, self.timeout)
         })
     }
 
     fn thaw(&self, id: &str) -> Result<(), CgroupError> {
         self.require(id)?;
-        if self.set_frozen(id, false, self.timeout)? {
-            Ok(())
-        } else {
-            Err(CgroupError::Timeout {
-                id: id.to_owned(),
-                state: "thawed",
-                waited: self.timeout,
-            })
-        }
+        freeze_or_thaw(id, self.timeout, false, |f| {
+            self.set_frozen(id, f, self.timeout)
+        })
     }
 
     fn stats(&self, id: &str) -> Result<CgroupStats, CgroupError> {
