@@ -230,7 +230,10 @@ impl NamespaceRuntime {
             disk::ensure_mounted(dirs, spec.limits.disk_bytes.unwrap_or(0), base)
                 .map_err(|e| RuntimeError::StartFailed(error_chain(&e)))?;
         }
-        layout::build(dirs, &shape, base).map_err(sys("creating the writable layer"))?;
+        if listener.is_none() {
+            // A spare was built in this shape already; anything else may lack a part.
+            layout::build(dirs, &shape, base).map_err(sys("creating the writable layer"))?;
+        }
         if recorded.is_none() {
             layout::write_identity(dirs, &spec.hostname, base)
                 .map_err(sys("writing /etc identity files"))?;
