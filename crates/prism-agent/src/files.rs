@@ -7,11 +7,10 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use futures_util::StreamExt;
 use http::{Request, Response, StatusCode, header};
 use http_body::Frame;
+use http_body_util::StreamBody;
 use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, BodyStream, StreamBody};
 use hyper::body::Incoming;
 use prism_proto::filesystem::UploadedEntry;
 use prism_proto::{Code, ConnectError};
@@ -21,6 +20,7 @@ use tokio::sync::mpsc;
 use crate::fsops::{chown_to, create_dirs, io_err};
 use crate::paths;
 use crate::server::{App, RespBody, bytes_response, query_param, request_user};
+use crate::upload;
 use crate::users::User;
 
 const CHUNK: usize = 128 * 1024;
@@ -32,7 +32,7 @@ fn rest_error(e: &ConnectError) -> Response<RespBody> {
     bytes_response(status, "application/json", Bytes::from(body.to_string()))
 }
 
-fn target(req: &Request<Incoming>, user: &User) -> Result<PathBuf, ConnectError> {
+fn target<B>(req: &Request<B>, user: &User) -> Result<PathBuf, ConnectError> {
     match query_param(req.uri(), "path") {
         Some(p) if !p.is_empty() => Ok(paths::resolve(&p, user)),
         _ => Err(ConnectError::new(
@@ -89,87 +89,82 @@ pub async fn download(
 }
 
 /// `POST /files?path=`: a raw body, or multipart/form-data parts named by `path` or their
-/// file names; parent directories are created; the answer lists the written files.
+/// file names; parent directories are created; the answer lists the written files. The body
+/// is read to its end before the answer, also after a refusal (see the `upload` module).
 pub async fn upload(
     app: &Arc<App>,
     req: Request<Incoming>,
 ) -> Result<Response<RespBody>, ConnectError> {
-    rest(
-        async {
-            let user = request_user(&app.accounts, &req)?;
-            let path = query_param(req.uri(), "path").filter(|p| !p.is_empty());
-            let ct = req
-                .headers()
-                .get(header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("");
-            let mut written = Vec::new();
-            if ct.starts_with("multipart/form-data") {
-                let boundary = multer::parse_boundary(ct).map_err(|e| {
-                    ConnectError::new(Code::InvalidArgument, format!("multipart: {e}"))
-                })?;
-                let body = BodyStream::new(req.into_body())
-                    .filter_map(|f| async move { f.map(|f| f.into_data().ok()).transpose() });
-                let mut mp = multer::Multipart::new(body, boundary);
-                while let Some(mut field) = mp.next_field().await.map_err(multipart_err)? {
-                    let dest = match (&path, field.file_name()) {
-                        (Some(p), _) => paths::resolve(p, &user),
-                        (None, Some(name)) if !name.is_empty() => paths::resolve(name, &user),
-                        _ => {
-                            return Err(ConnectError::new(
-                                Code::InvalidArgument,
-                                "a multipart file needs a path query parameter or a file name",
-                            ));
-                        }
-                    };
-                    let mut file = create_file(&dest, &user).await?;
-                    while let Some(chunk) = field.chunk().await.map_err(multipart_err)? {
-                        file.write_all(&chunk).await.map_err(|e| io_err(e, &dest))?;
-                    }
-                    finish_file(file, &dest).await?;
-                    written.push(uploaded(&dest));
+    let (head, rx, reader) = upload::split(req);
+    let written = write_upload(app, &head, rx).await;
+    let written = reader.finish(written).await.and_then(|w| {
+        serde_json::to_vec(&w).map_err(|e| ConnectError::new(Code::Internal, e.to_string()))
+    });
+    rest(written.map(|json| bytes_response(StatusCode::OK, "application/json", Bytes::from(json))))
+}
+
+async fn write_upload(
+    app: &App,
+    req: &Request<()>,
+    mut rx: mpsc::Receiver<Bytes>,
+) -> Result<Vec<UploadedEntry>, ConnectError> {
+    let user = request_user(&app.accounts, req)?;
+    let path = query_param(req.uri(), "path").filter(|p| !p.is_empty());
+    let ct = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mut written = Vec::new();
+    if ct.starts_with("multipart/form-data") {
+        let boundary = multer::parse_boundary(ct)
+            .map_err(|e| ConnectError::new(Code::InvalidArgument, format!("multipart: {e}")))?;
+        let mut mp = multer::Multipart::new(upload::stream(rx), boundary);
+        while let Some(mut field) = mp.next_field().await.map_err(multipart_err)? {
+            let dest = match (&path, field.file_name()) {
+                (Some(p), _) => paths::resolve(p, &user),
+                (None, Some(name)) if !name.is_empty() => paths::resolve(name, &user),
+                _ => {
+                    return Err(ConnectError::new(
+                        Code::InvalidArgument,
+                        "a multipart file needs a path query parameter or a file name",
+                    ));
                 }
-            } else {
-                let dest = paths::resolve(
-                    &path.ok_or_else(|| {
-                        ConnectError::new(
-                            Code::InvalidArgument,
-                            "the path query parameter is required",
-                        )
-                    })?,
-                    &user,
-                );
-                let mut gunzip = gzip_body(req.headers())?;
-                let mut file = create_file(&dest, &user).await?;
-                let mut body = req.into_body();
-                while let Some(frame) = body.frame().await {
-                    let frame = frame
-                        .map_err(|e| ConnectError::new(Code::Canceled, format!("upload: {e}")))?;
-                    if let Ok(data) = frame.into_data() {
-                        let data = match gunzip.as_mut() {
-                            Some(g) => inflate(g, &data)?,
-                            None => data,
-                        };
-                        file.write_all(&data).await.map_err(|e| io_err(e, &dest))?;
-                    }
-                }
-                if let Some(g) = gunzip {
-                    let rest = g.finish().map_err(gzip_err)?;
-                    file.write_all(&rest).await.map_err(|e| io_err(e, &dest))?;
-                }
-                finish_file(file, &dest).await?;
-                written.push(uploaded(&dest));
+            };
+            let mut file = create_file(&dest, &user).await?;
+            while let Some(chunk) = field.chunk().await.map_err(multipart_err)? {
+                file.write_all(&chunk).await.map_err(|e| io_err(e, &dest))?;
             }
-            let json = serde_json::to_vec(&written)
-                .map_err(|e| ConnectError::new(Code::Internal, e.to_string()))?;
-            Ok(bytes_response(
-                StatusCode::OK,
-                "application/json",
-                Bytes::from(json),
-            ))
+            finish_file(file, &dest).await?;
+            written.push(uploaded(&dest));
         }
-        .await,
-    )
+    } else {
+        let dest = paths::resolve(
+            &path.ok_or_else(|| {
+                ConnectError::new(
+                    Code::InvalidArgument,
+                    "the path query parameter is required",
+                )
+            })?,
+            &user,
+        );
+        let mut gunzip = gzip_body(req.headers())?;
+        let mut file = create_file(&dest, &user).await?;
+        while let Some(data) = rx.recv().await {
+            let data = match gunzip.as_mut() {
+                Some(g) => inflate(g, &data)?,
+                None => data,
+            };
+            file.write_all(&data).await.map_err(|e| io_err(e, &dest))?;
+        }
+        if let Some(g) = gunzip {
+            let rest = g.finish().map_err(gzip_err)?;
+            file.write_all(&rest).await.map_err(|e| io_err(e, &dest))?;
+        }
+        finish_file(file, &dest).await?;
+        written.push(uploaded(&dest));
+    }
+    Ok(written)
 }
 
 /// A gzip decoder when the raw upload says `Content-Encoding: gzip` (envd's compressed
@@ -305,82 +300,39 @@ impl Write for ChannelWriter {
     }
 }
 
-struct ChannelReader {
-    rx: mpsc::Receiver<Bytes>,
-    cur: Bytes,
-}
-
-impl Read for ChannelReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.cur.is_empty() {
-            match self.rx.blocking_recv() {
-                Some(b) => self.cur = b,
-                None => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.cur.len());
-        buf[..n].copy_from_slice(&self.cur.split_to(n));
-        Ok(n)
-    }
-}
-
 /// `PUT /tar?path=DIR`: unpacks a tar stream into DIR (created if missing). Refuses absolute
 /// paths, `..`, device nodes and FIFOs; entries already written before a refusal stay.
 pub async fn tar_upload(
     app: &Arc<App>,
     req: Request<Incoming>,
 ) -> Result<Response<RespBody>, ConnectError> {
-    rest(
-        async {
-            let user = request_user(&app.accounts, &req)?;
-            let dir = target(&req, &user)?;
-            {
-                let (d, u) = (dir.clone(), user.clone());
-                tokio::task::spawn_blocking(move || create_dirs(&d, &u).map_err(|e| io_err(e, &d)))
-                    .await
-                    .map_err(|e| ConnectError::new(Code::Internal, e.to_string()))??;
-            }
-            let (tx, rx) = mpsc::channel::<Bytes>(8);
-            let mut body = req.into_body();
-            // Reads the whole body even after a refusal, so the client gets our answer.
-            let feeder = tokio::spawn(async move {
-                let mut tx = Some(tx);
-                while let Some(frame) = body.frame().await {
-                    let Ok(frame) = frame else { return false };
-                    if let (Ok(data), Some(t)) = (frame.into_data(), tx.as_ref())
-                        && t.send(data).await.is_err()
-                    {
-                        tx = None;
-                    }
-                }
-                true
-            });
-            let unpack = tokio::task::spawn_blocking(move || {
-                unpack(
-                    ChannelReader {
-                        rx,
-                        cur: Bytes::new(),
-                    },
-                    &dir,
-                    &user,
-                )
-            });
-            let result = unpack
-                .await
-                .map_err(|e| ConnectError::new(Code::Internal, e.to_string()))?;
-            let complete = feeder.await.unwrap_or(false);
-            result?;
-            if !complete {
-                return Err(ConnectError::new(Code::Canceled, "upload ended early"));
-            }
-            Ok(bytes_response(
-                StatusCode::OK,
-                "application/json",
-                Bytes::from_static(b"{}"),
-            ))
-        }
-        .await,
-    )
+    let (head, rx, reader) = upload::split(req);
+    let unpacked = unpack_upload(app, &head, rx).await;
+    rest(reader.finish(unpacked).await.map(|()| {
+        bytes_response(
+            StatusCode::OK,
+            "application/json",
+            Bytes::from_static(b"{}"),
+        )
+    }))
+}
+
+async fn unpack_upload(
+    app: &App,
+    req: &Request<()>,
+    rx: mpsc::Receiver<Bytes>,
+) -> Result<(), ConnectError> {
+    let user = request_user(&app.accounts, req)?;
+    let dir = target(req, &user)?;
+    {
+        let (d, u) = (dir.clone(), user.clone());
+        tokio::task::spawn_blocking(move || create_dirs(&d, &u).map_err(|e| io_err(e, &d)))
+            .await
+            .map_err(|e| ConnectError::new(Code::Internal, e.to_string()))??;
+    }
+    tokio::task::spawn_blocking(move || unpack(upload::BlockingReader::new(rx), &dir, &user))
+        .await
+        .map_err(|e| ConnectError::new(Code::Internal, e.to_string()))?
 }
 
 fn refuse(msg: String) -> ConnectError {

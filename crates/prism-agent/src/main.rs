@@ -20,6 +20,7 @@ mod process;
 mod reaper;
 mod server;
 mod timeline;
+mod upload;
 mod users;
 mod watch;
 
