@@ -373,8 +373,17 @@ fn stop_then_start_keeps_the_writable_layer() {
     let Some(h) = harness("restart") else { return };
     let (handle, client) = h.start("keep", limits());
     assert_eq!(h.sh(&client, "echo kept > /root/f").exit_code, 0);
+    // The writable layer is volatile (the default): its unmount does not sync the host's fs.
+    let root = h.sh(&client, "awk '$2 == \"/\"' /proc/self/mounts");
+    assert!(root.stdout.contains("volatile"), "{root:?}");
     h.runtime.stop(&handle).expect("stop");
     assert!(!std::path::Path::new(&format!("/proc/{}", handle.pid)).exists());
+    // overlayfs leaves a mark that refuses a second mount; the restart clears it.
+    let mark = h
+        .state
+        .path()
+        .join("sandboxes/keep/work/0/work/incompat/volatile");
+    assert!(mark.is_dir(), "{}", mark.display());
     let handle2 = h
         .runtime
         .start(&h.spec("keep", limits()))

@@ -14,6 +14,7 @@
 //! fsync_state = false           # true: fsync every state commit (survives power loss; slower)
 //! netns_pool = 2                # network namespaces made ahead for starts (0 = none)
 //! spare_dirs = 2                # sandbox directories (and cgroups) made ahead for starts (0 = none)
+//! fsync_sandboxes = false       # true: fsync inside sandboxes reaches the disk (slower teardowns)
 //!
 //! [[pools]]                     # warm pools: idle started sandboxes that create claims
 //! template = "base"
@@ -102,6 +103,7 @@ pub struct FileConfig {
     pub fsync_state: Option<bool>,
     pub netns_pool: Option<usize>,
     pub spare_dirs: Option<usize>,
+    pub fsync_sandboxes: Option<bool>,
     pub auth: Option<bool>,
     pub limits: Option<crate::auth::Limits>,
     /// Host networking for `open`/`allow` sandboxes (default true; needs root and nft).
@@ -162,6 +164,10 @@ pub struct Config {
     /// Sandbox directories the namespace runtime keeps made ahead (0: each first start makes
     /// its own).
     pub spare_dirs: usize,
+    /// Sandboxes' writable layers honour `fsync` (and each teardown syncs the state
+    /// directory's filesystem); default: they are mounted `volatile` (see
+    /// `NamespaceConfig::fsync_sandboxes`).
+    pub fsync_sandboxes: bool,
     /// Require API keys.
     pub auth: bool,
     /// Rate limits and quotas (with auth on).
@@ -367,6 +373,7 @@ impl Config {
             spare_dirs: file
                 .spare_dirs
                 .unwrap_or(prism_core::namespace::DEFAULT_SPARE_DIRS),
+            fsync_sandboxes: file.fsync_sandboxes.unwrap_or(false),
             auth,
             limits: file.limits.unwrap_or_default(),
             network,
@@ -417,7 +424,7 @@ mod tests {
     }
 
     #[test]
-    fn state_commits_reach_the_os_unless_fsync_is_asked_for() {
+    fn state_commits_and_sandbox_writes_reach_the_os_unless_fsync_is_asked_for() {
         let c = Config::resolve(&Flags::default(), &FileConfig::default(), true)
             .unwrap_or_else(|e| panic!("{e}"));
         assert!(!c.fsync_state);
@@ -425,6 +432,11 @@ mod tests {
             toml::from_str("fsync_state = true").unwrap_or_else(|e| panic!("{e}"));
         let c = Config::resolve(&Flags::default(), &file, true).unwrap_or_else(|e| panic!("{e}"));
         assert!(c.fsync_state);
+        assert!(!c.fsync_sandboxes);
+        let file: FileConfig =
+            toml::from_str("fsync_sandboxes = true").unwrap_or_else(|e| panic!("{e}"));
+        let c = Config::resolve(&Flags::default(), &file, true).unwrap_or_else(|e| panic!("{e}"));
+        assert!(c.fsync_sandboxes);
     }
 
     #[test]

@@ -40,6 +40,7 @@ pub fn build(cfg: &Config) -> Result<Arc<dyn Runtime>, BuildError> {
                     agent_path,
                     netns_pool: cfg.netns_pool,
                     spare_dirs: cfg.spare_dirs,
+                    fsync_sandboxes: cfg.fsync_sandboxes,
                 },
                 cgroups,
             )?))

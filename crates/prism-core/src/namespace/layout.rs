@@ -46,6 +46,24 @@ pub(super) fn build(dirs: &SandboxDirs, shape: &[usize], base: u32) -> io::Resul
     fs::create_dir_all(dirs.rootfs())
 }
 
+/// Let a restart mount the writable layers again. An overlay mounted `volatile` leaves
+/// `<workdir>/work/incompat/volatile/dirty`, and overlayfs refuses a workdir holding it: after
+/// a host crash the layer may lack its last writes. Within one boot nothing is lost, so the
+/// mark is cleared; after a crash the restart shows the layer as the disk kept it (see
+/// docs/security.md). The sandbox never sees its workdirs: what is there the kernel made.
+pub(super) fn clear_volatile_marks(dirs: &SandboxDirs, layers: usize) -> io::Result<()> {
+    let gone = |r: io::Result<()>| match r {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    };
+    for i in 0..layers {
+        let mark = dirs.work(i).join("work/incompat/volatile");
+        gone(fs::remove_file(mark.join("dirty")))?;
+        gone(fs::remove_dir(&mark))?;
+    }
+    Ok(())
+}
+
 /// The identity files of the sandbox's `/etc`, in its writable layer, owned by its root.
 const IDENTITY: [&str; 2] = ["hostname", "hosts"];
 

@@ -58,6 +58,12 @@ pub struct NamespaceConfig {
     /// see `spare.rs`; as many cgroup sets are made ahead where the cgroup manager can
     /// (`CgroupManager::keep_spares`).
     pub spare_dirs: usize,
+    /// A sandbox's `fsync`/`sync` reach the disk, and each teardown syncs the filesystem of
+    /// `sandboxes_dir` (overlayfs's default). Off by default: the writable layers are mounted
+    /// `volatile`, so tearing a sandbox down does not flush every dirty page of that
+    /// filesystem (the host's root fs, usually) and a sandbox cannot force such flushes; its
+    /// files survive a daemon crash, not a host crash (see docs/security.md).
+    pub fsync_sandboxes: bool,
 }
 
 /// How long a start waits for the teardown of an earlier sandbox with the same id.
@@ -114,6 +120,7 @@ impl NamespaceConfig {
             agent_path,
             netns_pool: DEFAULT_NETNS_POOL,
             spare_dirs: DEFAULT_SPARE_DIRS,
+            fsync_sandboxes: false,
         }
     }
 }
@@ -234,7 +241,10 @@ impl NamespaceRuntime {
             // A spare was built in this shape already; anything else may lack a part.
             layout::build(dirs, &shape, base).map_err(sys("creating the writable layer"))?;
         }
-        if recorded.is_none() {
+        if recorded.is_some() {
+            layout::clear_volatile_marks(dirs, shape.len())
+                .map_err(sys("clearing the writable layers' volatile marks"))?;
+        } else {
             layout::write_identity(dirs, &spec.hostname, base)
                 .map_err(sys("writing /etc identity files"))?;
         }
@@ -262,6 +272,7 @@ impl NamespaceRuntime {
             dev_skeleton: self.host.dev_skeleton.clone(),
             sysfs: spec.security.sysfs,
             premade_netns: netns.is_some(),
+            fsync: self.host.cfg.fsync_sandboxes,
         };
         let mut plan = plan(dirs, &spec.rootfs, &spec.hostname, &opts)?;
         plan.add_security(dirs, &spec.security)?;

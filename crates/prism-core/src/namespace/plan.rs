@@ -100,6 +100,10 @@ pub struct PlanOptions {
     /// The sandbox starts in a network namespace made ahead (see `netpool.rs`), whose `lo` is
     /// up already (and which the sandbox could not configure: it is owned by the host).
     pub premade_netns: bool,
+    /// Writable layers honour `fsync`/`syncfs` (overlayfs's default). Without it they are
+    /// mounted `volatile`: a sandbox's syncs stop at the page cache, and its teardown (the
+    /// overlay's unmount) no longer syncs the whole filesystem holding the state directory.
+    pub fsync: bool,
 }
 
 fn overlay_safe(p: &Path) -> Result<String, RuntimeError> {
@@ -187,10 +191,11 @@ pub fn plan(
             });
         }
         let data = format!(
-            "lowerdir={},upperdir={},workdir={},userxattr",
+            "lowerdir={},upperdir={},workdir={},userxattr{}",
             lowers.join(":"),
             overlay_safe(&dirs.upper(i))?,
-            overlay_safe(&dirs.work(i))?
+            overlay_safe(&dirs.work(i))?,
+            if opts.fsync { "" } else { ",volatile" }
         );
         steps.push(mount(
             "overlay",

@@ -55,6 +55,13 @@ fn plan_idmaps_every_lower_and_overlays_each_layer() {
         overlays[1].0,
         PathBuf::from("/var/lib/prism/sandboxes/sb1/rootfs/usr")
     );
+    // Writable layers are volatile unless the sandbox's syncs must reach the disk.
+    assert!(
+        overlays
+            .iter()
+            .all(|(_, d)| d.ends_with(",userxattr,volatile")),
+        "{overlays:?}"
+    );
     // Trees are attached before the overlay that uses them, and the root overlay comes first.
     let attach = p
         .steps
@@ -154,6 +161,32 @@ fn a_prepared_dev_is_one_device_tree_and_sys_is_opt_in() {
         Step::Mount { fstype: Some(f), flags, target, .. }
             if f == "sysfs" && flags & prism_sys::launch::flags::RDONLY != 0 && target.ends_with("rootfs/sys")
     )));
+}
+
+#[test]
+fn fsync_mounts_the_writable_layers_without_volatile_and_changes_nothing_else() {
+    let spec = spec(vec![("/", vec!["/skel"]), ("/usr", vec!["/usr"])]);
+    let volatile = plan(&dirs(), &spec, "h", &PlanOptions::default()).unwrap();
+    let fsync = PlanOptions {
+        fsync: true,
+        ..Default::default()
+    };
+    let durable = plan(&dirs(), &spec, "h", &fsync).unwrap();
+    assert_eq!(volatile.steps.len(), durable.steps.len());
+    let mut changed = 0;
+    for (v, d) in volatile.steps.iter().zip(&durable.steps) {
+        match (v, d) {
+            (Step::Mount { data: Some(dv), .. }, Step::Mount { data: Some(dd), .. })
+                if dv != dd =>
+            {
+                assert_eq!(dv.strip_suffix(",volatile"), Some(dd.as_str()));
+                assert!(dd.ends_with(",userxattr"), "{dd}");
+                changed += 1;
+            }
+            _ => assert_eq!(v, d),
+        }
+    }
+    assert_eq!(changed, 2, "both overlays");
 }
 
 #[test]
