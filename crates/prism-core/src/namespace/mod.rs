@@ -377,12 +377,15 @@ impl Host {
     /// kill whatever is left in the cgroup and remove it, unmount the disk image, discard the
     /// directory, and release the uid range last.
     fn finish_destroy(&self, id: &str, pidfd: Option<OwnedFd>) -> Result<(), RuntimeError> {
+        let t0 = std::time::Instant::now();
         if let Some(fd) = pidfd {
             let _ = prism_sys::proc::pidfd_wait(&fd);
         }
+        let t1 = std::time::Instant::now();
         self.cgroups
             .destroy(id)
             .map_err(|e| RuntimeError::StartFailed(error_chain(&e)))?;
+        let t2 = std::time::Instant::now();
         let dirs = self.dirs(id);
         disk::unmount(&dirs).map_err(|e| RuntimeError::StartFailed(error_chain(&e)))?;
         let base = read_uid_base(&dirs);
@@ -392,6 +395,13 @@ impl Host {
         if let Some(base) = base {
             self.slots.release(base);
         }
+        tracing::debug!(
+            message = "teardown timing",
+            sandbox_id = %id,
+            exit_us = (t1 - t0).as_micros() as u64,
+            cgroup_us = (t2 - t1).as_micros() as u64,
+            dirs_us = t2.elapsed().as_micros() as u64,
+        );
         Ok(())
     }
 }
