@@ -9,7 +9,7 @@
 //!
 //! So an upload's body is moved into a task that forwards its bytes to the handler and, once
 //! the handler stops listening, keeps reading (and dropping) them to the end; the handler's
-//! answer is sent only after that task is done ([`Feed::finish`]).
+//! answer is sent only after that task is done ([`Reader::finish`]).
 
 use std::convert::Infallible;
 use std::io::{self, Read};
