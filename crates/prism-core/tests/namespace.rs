@@ -396,6 +396,42 @@ fn stop_then_start_keeps_the_writable_layer() {
 }
 
 #[test]
+fn fsync_sandboxes_mounts_the_writable_layer_without_volatile() {
+    let Some(h) = harness("fsync") else { return };
+    let rt = prism_core::namespace::NamespaceRuntime::new(
+        prism_core::namespace::NamespaceConfig {
+            fsync_sandboxes: true,
+            ..prism_core::namespace::NamespaceConfig::new(
+                h.state.path().join("fsync"),
+                support::agent_path(),
+            )
+        },
+        prism_sys::cgroup::detect(&h.cgroup_parent).expect("cgroups"),
+    )
+    .expect("runtime");
+    let handle = rt.start(&h.spec("durable", limits())).expect("start");
+    let client = prism_proto::AgentClient::new(&handle.agent_socket);
+    let root = h.sh(
+        &client,
+        "awk '$2 == \"/\"' /proc/self/mounts; echo kept > /root/f; sync",
+    );
+    assert_eq!(root.exit_code, 0, "{root:?}");
+    assert!(root.stdout.contains("overlay"), "{root:?}");
+    assert!(!root.stdout.contains("volatile"), "{root:?}");
+    rt.stop(&handle).expect("stop");
+    let mark = h
+        .state
+        .path()
+        .join("fsync/durable/work/0/work/incompat/volatile");
+    assert!(!mark.exists(), "{}", mark.display());
+    let handle = rt.start(&h.spec("durable", limits())).expect("start again");
+    let client = prism_proto::AgentClient::new(&handle.agent_socket);
+    assert_eq!(h.sh(&client, "cat /root/f").stdout.trim(), "kept");
+    rt.destroy("durable").expect("destroy");
+    assert!(rt.settle(support::SETTLE));
+}
+
+#[test]
 fn a_sandbox_whose_init_died_starts_again_with_its_writable_layer() {
     let Some(h) = harness("died") else { return };
     let (handle, client) = h.start("died", limits());
