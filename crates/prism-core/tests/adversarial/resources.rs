@@ -145,7 +145,8 @@ open("/keep", "w").write("kept")
     h.destroy("adv-disk");
     assert!(!image.exists());
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
-    assert!(!mounts.contains("adv-disk"), "mount left behind");
+    let left: Vec<&str> = mounts.lines().filter(|l| l.contains("adv-disk")).collect();
+    assert!(left.is_empty(), "mount left behind: {left:#?}");
     let deadline = Instant::now() + Duration::from_secs(10);
     while loop_backing_files().iter().any(|f| f.contains("adv-disk")) {
         assert!(Instant::now() < deadline, "loop device left behind");
