@@ -398,17 +398,7 @@ fn stop_then_start_keeps_the_writable_layer() {
 #[test]
 fn fsync_sandboxes_mounts_the_writable_layer_without_volatile() {
     let Some(h) = harness("fsync") else { return };
-    let rt = prism_core::namespace::NamespaceRuntime::new(
-        prism_core::namespace::NamespaceConfig {
-            fsync_sandboxes: true,
-            ..prism_core::namespace::NamespaceConfig::new(
-                h.state.path().join("fsync"),
-                support::agent_path(),
-            )
-        },
-        prism_sys::cgroup::detect(&h.cgroup_parent).expect("cgroups"),
-    )
-    .expect("runtime");
+    let rt = h.runtime_in("fsync", |c| c.fsync_sandboxes = true);
     let handle = rt.start(&h.spec("durable", limits())).expect("start");
     let client = prism_proto::AgentClient::new(&handle.agent_socket);
     let root = h.sh(

@@ -200,17 +200,7 @@ fn an_empty_pool_falls_back_to_a_namespace_of_the_sandboxes_own() {
     let Some(h) = harness("no_pool") else {
         return;
     };
-    let rt = prism_core::namespace::NamespaceRuntime::new(
-        prism_core::namespace::NamespaceConfig {
-            netns_pool: 0,
-            ..prism_core::namespace::NamespaceConfig::new(
-                h.state.path().join("nopool"),
-                support::agent_path(),
-            )
-        },
-        prism_sys::cgroup::detect(&h.cgroup_parent).expect("cgroups"),
-    )
-    .expect("runtime");
+    let rt = h.runtime_in("nopool", |c| c.netns_pool = 0);
     let spec = h.spec("nopool", Default::default());
     let handle = rt.start(&spec).expect("start");
     let (_, owner) = netns_of(handle.pid);

@@ -126,8 +126,20 @@ impl Harness {
     /// A second runtime over the same state directory and cgroup parent: what a restarted
     /// daemon builds.
     pub fn reopen(&self) -> NamespaceRuntime {
+        self.runtime_in("sandboxes", |_| {})
+    }
+
+    /// Another runtime on this harness's cgroup parent, over `<state>/<dir>`, with the default
+    /// config changed by `tweak`.
+    pub fn runtime_in(
+        &self,
+        dir: &str,
+        tweak: impl FnOnce(&mut NamespaceConfig),
+    ) -> NamespaceRuntime {
+        let mut cfg = NamespaceConfig::new(self.state.path().join(dir), agent_path());
+        tweak(&mut cfg);
         NamespaceRuntime::new(
-            NamespaceConfig::new(self.state.path().join("sandboxes"), agent_path()),
+            cfg,
             prism_sys::cgroup::detect(&self.cgroup_parent).expect("cgroups"),
         )
         .expect("runtime")
