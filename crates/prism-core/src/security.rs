@@ -32,8 +32,10 @@ pub const DEFAULT_CAPS: [&str; 14] = [
 
 /// Syscalls answered with `EPERM` by default (Docker's default profile blocks the same
 /// families): kernel code and modules, bpf and perf, keyrings, userfaultfd, ptrace, mounts and
-/// namespaces, clocks, swap, reboot, accounting, raw I/O ports, file handles, NUMA tricks.
-pub const DEFAULT_DENY: [&str; 52] = [
+/// namespaces, clocks, swap, reboot, accounting, raw I/O ports, file handles, NUMA tricks, and
+/// io_uring (its operations, `fsync` among them, are not seen by seccomp; libuv, Node's I/O
+/// layer, falls back to threads when it is refused, as under Docker's profile since 25.0).
+pub const DEFAULT_DENY: [&str; 55] = [
     "acct",
     "add_key",
     "adjtimex",
@@ -48,6 +50,9 @@ pub const DEFAULT_DENY: [&str; 52] = [
     "fspick",
     "get_mempolicy",
     "init_module",
+    "io_uring_enter",
+    "io_uring_register",
+    "io_uring_setup",
     "ioperm",
     "iopl",
     "kcmp",
@@ -190,12 +195,16 @@ impl SecurityProfile {
     }
 
     /// Compile the profile for the launch (the BPF program is built here, in the parent).
-    pub fn hardening(&self) -> Result<Hardening, RuntimeError> {
+    /// `skip_flushes`: the sandbox's `sync`, `syncfs`, `fsync`, `fdatasync`, `sync_file_range`
+    /// and `msync(MS_SYNC)` succeed without running (its writable layers are `volatile`, so
+    /// its writes are not durable anyway, and these would flush the host's disks).
+    pub fn hardening(&self, skip_flushes: bool) -> Result<Hardening, RuntimeError> {
         let keep = prism_sys::caps::mask(self.capabilities.iter().map(String::as_str))
             .map_err(|n| RuntimeError::InvalidSpec(format!("unknown capability {n:?}")))?;
         let seccomp = prism_sys::seccomp::compile(&prism_sys::seccomp::Policy {
             deny: self.deny_syscalls.clone(),
             deny_new_user_namespaces: self.deny_new_user_namespaces,
+            skip_flushes,
         })
         .map_err(|e| RuntimeError::InvalidSpec(e.to_string()))?;
         let mut rlimits = Vec::new();
@@ -238,12 +247,15 @@ mod tests {
     fn the_default_compiles_and_denies_ptrace() {
         let p = SecurityProfile::default();
         assert!(!p.allows_ptrace());
-        let h = p.hardening().unwrap();
+        let h = p.hardening(true).unwrap();
         let keep = h.keep_caps.unwrap();
         assert_eq!(keep & (1 << 21), 0, "no CAP_SYS_ADMIN");
         assert_eq!(keep & (1 << 19), 0, "no CAP_SYS_PTRACE");
         assert_ne!(keep & (1 << 7), 0, "CAP_SETUID kept for the agent");
-        assert!(h.seccomp.is_some());
+        // The lengths prism-sys's seccomp.rs quotes (the kernel's cost grows with them).
+        assert_eq!(h.seccomp.map(|s| s.len()), Some(84));
+        let durable = p.hardening(false).unwrap();
+        assert_eq!(durable.seccomp.map(|s| s.len()), Some(71));
     }
 
     #[test]
@@ -253,7 +265,7 @@ mod tests {
         assert!(p.allows_ptrace());
         assert!(p.deny_syscalls.iter().any(|s| s == "bpf"));
         assert_eq!(p.deny_syscalls.len(), d.deny_syscalls.len() - 3);
-        assert_eq!(p.hardening().unwrap().keep_caps.unwrap() & (1 << 19), 0);
+        assert_eq!(p.hardening(true).unwrap().keep_caps.unwrap() & (1 << 19), 0);
     }
 
     #[test]
@@ -262,11 +274,17 @@ mod tests {
             capabilities: vec!["NOPE".into()],
             ..Default::default()
         };
-        assert!(matches!(p.hardening(), Err(RuntimeError::InvalidSpec(_))));
+        assert!(matches!(
+            p.hardening(true),
+            Err(RuntimeError::InvalidSpec(_))
+        ));
         let p = SecurityProfile {
             deny_syscalls: vec!["nope".into()],
             ..Default::default()
         };
-        assert!(matches!(p.hardening(), Err(RuntimeError::InvalidSpec(_))));
+        assert!(matches!(
+            p.hardening(true),
+            Err(RuntimeError::InvalidSpec(_))
+        ));
     }
 }

@@ -276,7 +276,7 @@ impl NamespaceRuntime {
         };
         let mut plan = plan(dirs, &spec.rootfs, &spec.hostname, &opts)?;
         plan.add_security(dirs, &spec.security)?;
-        let hardening = spec.security.hardening()?;
+        let hardening = spec.security.hardening(!self.host.cfg.fsync_sandboxes)?;
         let socket = dirs.agent_socket();
         let listener = match listener {
             Some(l) => l,

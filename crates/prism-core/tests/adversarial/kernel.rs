@@ -40,6 +40,9 @@ call("reboot", 169, 0, 0, 0, 0)
 call("settimeofday", 164, 0, 0)
 call("personality", 135, 0xffffffff)
 call("acct", 163, 0)
+call("io_uring_setup", 425, 1, 0)
+call("io_uring_enter", 426, 0, 0, 0, 0, 0, 0)
+call("io_uring_register", 427, 0, 0, 0, 0)
 for line in open("/proc/self/status"):
     k, _, v = line.partition(":")
     if k in ("CapEff", "CapBnd", "CapPrm", "NoNewPrivs", "Seccomp"):
@@ -48,7 +51,8 @@ for line in open("/proc/self/status"):
 
 /// Attacks: loading kernel code (modules, kexec, bpf), perf, keyrings, userfaultfd, mounts,
 /// pivot_root, setns, new user/mount namespaces (unshare, clone, clone3), ptrace of PID 1, file
-/// handles, raw I/O, swap, reboot, clocks, personality, accounting.
+/// handles, raw I/O, swap, reboot, clocks, personality, accounting, io_uring (whose operations
+/// seccomp does not see).
 /// Expected: every one fails with EPERM (clone3: ENOSYS, so libc falls back to clone), the
 /// sandbox's root holds Docker's default capabilities only, no_new_privs and a seccomp filter are
 /// on; the host's module list is unchanged.
@@ -86,6 +90,9 @@ fn dangerous_syscalls_fail_with_eperm() {
         "settimeofday",
         "personality",
         "acct",
+        "io_uring_setup",
+        "io_uring_enter",
+        "io_uring_register",
     ] {
         assert_eq!(field(&out, name), Some("1"), "{name} not EPERM: {out:?}");
     }

@@ -8,6 +8,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod flush;
 mod kernel;
 mod resources;
 mod rootfs;
