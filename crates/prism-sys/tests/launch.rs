@@ -105,6 +105,56 @@ fn launches_from_several_threads_at_once_all_start() {
     assert!(prism_sys::proc::dumpable());
 }
 
+/// The files process `pid` has open (the targets of its `/proc/<pid>/fd` links).
+fn open_files(pid: u32) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| std::fs::read_link(e.path()).ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The clone copies the caller's fd table; the child drops those copies first thing, not at
+/// its exec: a file the caller closes meanwhile must not have its last reference (and the
+/// work of freeing it) in the sandbox's start.
+#[test]
+fn the_child_lets_go_of_the_callers_other_fds_before_it_is_placed() {
+    require_root!();
+    let _serial = common::serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let marker = dir.path().join("held-by-the-caller");
+    let held = std::fs::File::create(&marker).expect("marker");
+    let cfg = config();
+    let mut seen = Vec::new();
+    let launched = launch(&cfg, &mut |pid| {
+        // The child waits for this callback to return before it may exec, so whatever it
+        // holds now it holds until then. Poll (bounded) until the copy is gone.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            seen = open_files(pid);
+            if !seen.contains(&marker) || std::time::Instant::now() > deadline {
+                return Ok(());
+            }
+            thread::yield_now();
+        }
+    })
+    .expect("launch");
+    let status = prism_sys::proc::pidfd_wait(&launched.pidfd).expect("wait");
+    drop(held);
+    assert!(
+        matches!(status, prism_sys::proc::ExitStatus::Exited(0)),
+        "{status:?}"
+    );
+    assert!(!seen.is_empty(), "the child's fds were not readable");
+    assert!(
+        !seen.contains(&marker),
+        "the child still held the caller's fd of {} while being placed: {seen:?}",
+        marker.display()
+    );
+}
+
 /// The mount points of process `pid` (as it sees them), from its mountinfo.
 fn mount_points(pid: u32) -> Vec<String> {
     std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
