@@ -28,7 +28,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 
-const ALL: &str = "fork,prism,prism-settled,interleaved,image,api,pooled,template,bwrap,crun,runsc,podman,throughput,density,stream";
+const ALL: &str = "fork,prism,prism-settled,prism-idle,interleaved,image,api,pooled,template,bwrap,crun,runsc,podman,throughput,density,stream";
 
 #[derive(Parser, Debug)]
 #[command(about = "Prism vs. peers: latency, throughput, density, streaming")]
@@ -40,13 +40,17 @@ struct Args {
     #[arg(long, default_value_t = 3)]
     warmup: usize,
     /// Comma-separated subset of: fork, prism, prism-settled (each sample also waits for the
-    /// background teardown), interleaved (`prism` and `bwrap` samples alternating, so both see
+    /// background teardown), prism-idle (settled, then `--idle-ms` of idle time before the next
+    /// sample: creates on a daemon that is not saturated), interleaved (`prism` and `bwrap` samples alternating, so both see
     /// the same load), image, api, pooled, template, bwrap, crun,
     /// runsc, podman (create → first exec → destroy; `api`, `pooled` and `template` go through a
     /// real prismd, `pooled` with a warm pool of `base`, `template` from a built template vs
     /// `base`; `image` is `prism` over an OCI image's layers), throughput, density, stream.
     #[arg(long, default_value = ALL)]
     only: String,
+    /// Idle time between the samples of `prism-idle`, in milliseconds.
+    #[arg(long, default_value_t = 20)]
+    idle_ms: u64,
     /// Iterations for the slow peers (runsc, podman).
     #[arg(long, default_value_t = 20)]
     slow_iterations: usize,
@@ -151,7 +155,7 @@ fn main() -> Result<()> {
     for system in systems {
         let result = match system {
             "fork" => Some(peers::fork_exec(args.warmup, args.iterations)),
-            "prism" | "prism-settled" | "image" => {
+            "prism" | "prism-settled" | "prism-idle" | "image" => {
                 let fs = if system == "image" {
                     image::rootfs(state.path())?
                 } else {
@@ -163,7 +167,13 @@ fn main() -> Result<()> {
                     &fs,
                     args.warmup,
                     args.iterations,
-                    system == "prism-settled",
+                    match system {
+                        "prism-settled" => prism::Wait::Teardown,
+                        "prism-idle" => {
+                            prism::Wait::Idle(std::time::Duration::from_millis(args.idle_ms))
+                        }
+                        _ => prism::Wait::Nothing,
+                    },
                     None,
                 )?;
                 for (name, samples) in parts {
@@ -191,7 +201,7 @@ fn main() -> Result<()> {
                     &rootfs,
                     args.warmup,
                     args.iterations,
-                    false,
+                    prism::Wait::Nothing,
                     Some(&mut bwrap_sample),
                 )?;
                 let ratio = stats::Row::new("", total.clone())

@@ -58,16 +58,29 @@ type Parts = Vec<(&'static str, Vec<Duration>)>;
 /// How long the bench waits for the runtime's background teardowns.
 const SETTLE: Duration = Duration::from_secs(120);
 
-/// `settled`: each sample also waits until the destroyed sandbox is completely gone (destroy
-/// returns once it is killed; the rest of the teardown runs in the background). Without it, that
-/// background work overlaps the next sample, as it does in a daemon.
+/// What a sample waits for after its destroy (not counted in `total` beyond the teardown).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// Nothing: the background teardown and the pools' refills overlap the next sample, as in a
+    /// daemon creating back to back.
+    Nothing,
+    /// The destroyed sandbox completely gone (destroy returns once it is killed; the rest of the
+    /// teardown runs in the background). Counted.
+    Teardown,
+    /// The teardown (counted), then an idle gap (not counted) in which the runtime refills what
+    /// it makes ahead: a create on a daemon that is not saturated.
+    Idle(Duration),
+}
+
+/// Create → first exec → destroy samples; `wait` says what each sample waits for after its
+/// destroy.
 pub fn create_exec_destroy(
     state: &Path,
     agent: &Path,
     rootfs: &RootfsSpec,
     warmup: usize,
     iterations: usize,
-    settled: bool,
+    wait: Wait,
     mut between: Option<&mut dyn FnMut(bool) -> Result<()>>,
 ) -> Result<(Vec<Duration>, Parts)> {
     let parent = format!("prism-bench-{}", std::process::id());
@@ -144,10 +157,13 @@ pub fn create_exec_destroy(
         // Destroy is timed from here, without the reads.
         let t2d = if agent_stats { Instant::now() } else { t2 };
         runtime.destroy(&id)?;
-        if settled && !runtime.settle(SETTLE) {
+        if wait != Wait::Nothing && !runtime.settle(SETTLE) {
             bail!("the teardown of {id} did not finish in {SETTLE:?}");
         }
         let t3 = Instant::now();
+        if let Wait::Idle(gap) = wait {
+            std::thread::sleep(gap);
+        }
         if let Some(f) = between.as_mut() {
             f(i >= warmup)?;
         }
@@ -163,7 +179,7 @@ pub fn create_exec_destroy(
     }
     drop(runtime);
     prism_sys::cgroup::detect(&parent)?.remove_parent()?;
-    let last = if settled {
+    let last = if wait != Wait::Nothing {
         "destroy + teardown"
     } else {
         "destroy"

@@ -194,3 +194,89 @@ fn a_restart_does_not_write_through_a_symlinked_etc() {
     );
     h.destroy("etclink");
 }
+
+/// The options of the sandbox's root mount, as it sees them.
+fn root_mount_options(h: &support::Harness, client: &prism_proto::AgentClient) -> String {
+    let out = h.sh(client, "grep ' / / ' /proc/self/mountinfo");
+    assert_eq!(out.exit_code, 0, "{out:?}");
+    out.stdout
+}
+
+/// Spares made after a first start bring their overlays mounted ahead (by the host, over that
+/// start's lowers), and a sandbox on them behaves as one whose overlays it mounted itself:
+/// writes to `/` and `/usr` land in its writable layers on the host, owned by its root; a
+/// removed lower file is gone; `/` is `volatile`; a stop and start (which mounts the layers in
+/// the sandbox again) keeps the files; destroy leaves nothing.
+#[test]
+fn a_start_on_overlays_made_ahead_behaves_like_one_that_mounts_them() {
+    let Some(h) = harness("spares_premade_overlays") else {
+        return;
+    };
+    // The first start tells the pool which lowers to mount; the spares it makes from then on
+    // carry overlays. Its own start mounted them in the sandbox (lowers attached under
+    // `lower/`).
+    let sandboxes = h.state.path().join("sandboxes");
+    eventually("two spares", || h.runtime.spares_ready() == 2);
+    let before: BTreeSet<String> = spares(&sandboxes).into_iter().map(|s| s.0).collect();
+    let (_, first) = h.start("premade-0", Limits::default());
+    assert!(root_mount_options(&h, &first).contains("/lower/0-0"));
+    let made_after: BTreeSet<String> = {
+        eventually("a spare made after the first start", || {
+            spares(&sandboxes).iter().any(|s| !before.contains(&s.0))
+        });
+        eventually("two spares", || h.runtime.spares_ready() == 2);
+        spares(&sandboxes)
+            .into_iter()
+            .map(|s| s.0)
+            .filter(|n| !before.contains(n))
+            .collect()
+    };
+    assert!(!made_after.is_empty());
+    // The newest spare is taken first.
+    let (handle, client) = h.start("premade-1", Limits::default());
+    let options = root_mount_options(&h, &client);
+    assert!(
+        !options.contains("/lower/0-0") && options.contains("volatile"),
+        "not the overlay made ahead: {options}"
+    );
+    let out = h.sh(
+        &client,
+        "echo root > /root-file && echo usr > /usr/local/usr-file && \
+         id -u && stat -c %u /root-file /usr/bin/env && cat /etc/hostname",
+    );
+    assert_eq!(out.exit_code, 0, "{out:?}");
+    assert_eq!(out.stdout, "0\n0\n0\nhost-premade-1\n", "{out:?}");
+    let dir = sandboxes.join("premade-1");
+    let on_host = |p: &str| {
+        std::fs::metadata(dir.join(p)).map(|m| {
+            use std::os::unix::fs::MetadataExt;
+            m.uid()
+        })
+    };
+    assert_eq!(on_host("upper/0/root-file").ok(), Some(handle.uid_base));
+    // /usr is the second overlay (its own writable layer).
+    assert_eq!(
+        on_host("upper/1/local/usr-file").ok(),
+        Some(handle.uid_base)
+    );
+    // A file of the host's /usr removed inside is gone inside, still there on the host.
+    let out = h.sh(
+        &client,
+        "rm /usr/bin/env && test ! -e /usr/bin/env && echo gone",
+    );
+    assert_eq!(out.stdout, "gone\n", "{out:?}");
+    assert!(Path::new("/usr/bin/env").exists());
+    // Stop and start: the layers are mounted by the sandbox this time, and hold the files.
+    h.runtime.stop(&handle).expect("stop");
+    let spec = h.spec("premade-1", Limits::default());
+    let again = h.runtime.start(&spec).expect("restart");
+    let client = prism_proto::AgentClient::new(&again.agent_socket);
+    assert!(root_mount_options(&h, &client).contains("/lower/0-0"));
+    let out = h.sh(
+        &client,
+        "cat /root-file /usr/local/usr-file && test ! -e /usr/bin/env && echo still-gone",
+    );
+    assert_eq!(out.stdout, "root\nusr\nstill-gone\n", "{out:?}");
+    h.destroy("premade-1");
+    assert!(!dir.exists(), "the directory is left: {}", dir.display());
+}

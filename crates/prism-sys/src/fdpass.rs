@@ -4,7 +4,7 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 /// Send one byte carrying `fds`.
-pub fn send_fds(sock: &OwnedFd, fds: &[OwnedFd]) -> io::Result<()> {
+pub fn send_fds<F: AsRawFd>(sock: &OwnedFd, fds: &[F]) -> io::Result<()> {
     let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
     let payload = std::mem::size_of_val(raw.as_slice()) as u32;
     // SAFETY: CMSG_SPACE is a pure size computation.

@@ -14,6 +14,11 @@ const REFILL_NICE: i32 = 10;
 /// How long a refill thread rests after a failure before it tries again.
 const RETRY_AFTER: Duration = Duration::from_secs(5);
 
+/// How long a refill waits after a take while the pool still has a thing ready: the start
+/// that took one (and its first exec, a few ms later) then has both cores, and the refill
+/// runs in the idle time after it. An empty pool is refilled at once.
+const DEFER: Duration = Duration::from_millis(20);
+
 /// Makes one ready thing.
 pub type Make<T> = Box<dyn Fn() -> io::Result<T> + Send>;
 
@@ -116,6 +121,16 @@ fn refill<T>(shared: &Shared<T>, size: usize, what: &'static str, make: &Make<T>
         }
         if st.stop {
             return;
+        }
+        if !st.ready.is_empty() {
+            let (g, _) = shared
+                .wake
+                .wait_timeout_while(st, DEFER, |s| !s.stop && !s.ready.is_empty())
+                .unwrap_or_else(|p| p.into_inner());
+            st = g;
+            if st.stop {
+                return;
+            }
         }
         drop(st);
         let made = make();

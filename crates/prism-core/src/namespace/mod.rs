@@ -207,29 +207,29 @@ impl NamespaceRuntime {
 
     /// Give the sandbox its directory (first start: a spare renamed into place, or made here)
     /// and make what is missing of it; returns its id range and, from a spare, the agent's
-    /// socket already bound.
+    /// socket already bound and possibly its writable layers' overlays.
     fn prepare_dirs(
         &self,
         spec: &SandboxSpec,
         dirs: &SandboxDirs,
-    ) -> Result<(IdMap, Option<UnixListener>), RuntimeError> {
+    ) -> Result<DirsReady, RuntimeError> {
         let shape = layout::shape(&spec.rootfs);
         let recorded = read_uid_base(dirs);
-        let (base, listener) = match recorded {
+        let (base, listener, overlays) = match recorded {
             Some(base) => {
                 self.host.slots.take(base);
-                (base, None)
+                (base, None, Vec::new())
             }
             None => match (!dirs.quota)
-                .then(|| self.spares.install(dirs, &shape))
+                .then(|| self.spares.install(dirs, &spec.rootfs))
                 .flatten()
             {
-                Some(s) => (s.base, Some(s.listener)),
+                Some(s) => (s.base, Some(s.listener), s.overlays),
                 None => {
                     let base = self.host.slots.allocate().ok_or(RuntimeError::NoUidRange)?;
                     layout::create_root(dirs, base)
                         .map_err(sys("creating the sandbox directory"))?;
-                    (base, None)
+                    (base, None, Vec::new())
                 }
             },
         };
@@ -252,16 +252,24 @@ impl NamespaceRuntime {
             base,
             count: IDS_PER_SANDBOX,
         };
-        Ok((ids, listener))
+        Ok(DirsReady {
+            ids,
+            listener,
+            overlays,
+        })
     }
 
     fn launch(
         &self,
         spec: &SandboxSpec,
         dirs: &SandboxDirs,
-        ids: IdMap,
-        listener: Option<UnixListener>,
+        ready: DirsReady,
     ) -> Result<SandboxHandle, RuntimeError> {
+        let DirsReady {
+            ids,
+            listener,
+            overlays,
+        } = ready;
         // A sandbox that must own its network namespace makes it at its clone.
         let netns = if spec.security.needs_own_netns() {
             None
@@ -273,6 +281,7 @@ impl NamespaceRuntime {
             sysfs: spec.security.sysfs,
             premade_netns: netns.is_some(),
             fsync: self.host.cfg.fsync_sandboxes,
+            premade_layers: !overlays.is_empty(),
         };
         let mut plan = plan(dirs, &spec.rootfs, &spec.hostname, &opts)?;
         plan.add_security(dirs, &spec.security)?;
@@ -306,6 +315,7 @@ impl NamespaceRuntime {
             stderr: stderr.into(),
             hardening,
             netns,
+            mounts: overlays,
         };
         let launched = launch(&cfg, &mut |pid| {
             self.host
@@ -364,6 +374,15 @@ impl NamespaceRuntime {
             Err(e) => Err(RuntimeError::StartFailed(error_chain(&e))),
         }
     }
+}
+
+/// A sandbox's directory made ready for its start (see `prepare_dirs`).
+struct DirsReady {
+    ids: IdMap,
+    /// The agent's socket, already bound (from a spare).
+    listener: Option<UnixListener>,
+    /// Its writable layers' overlays, mounted ahead (from a spare), or none.
+    overlays: Vec<OwnedFd>,
 }
 
 impl Host {
@@ -463,24 +482,26 @@ impl Runtime for NamespaceRuntime {
         let quota = dirs.quota || spec.limits.disk_bytes.is_some();
         let dirs = dirs.with_quota(quota);
         let t0 = std::time::Instant::now();
-        let (ids, listener) = match self.prepare_dirs(spec, &dirs) {
+        let ready = match self.prepare_dirs(spec, &dirs) {
             Ok(prepared) => prepared,
             Err(e) => {
                 let _ = disk::unmount(&dirs);
                 return Err(e);
             }
         };
+        let premade_layers = !ready.overlays.is_empty();
         let t1 = std::time::Instant::now();
         self.host
             .cgroups
             .create(&spec.id, &cgroup_limits(spec))
             .map_err(|e| RuntimeError::InvalidSpec(error_chain(&e)))?;
         let t2 = std::time::Instant::now();
-        match self.launch(spec, &dirs, ids, listener) {
+        match self.launch(spec, &dirs, ready) {
             Ok(h) => {
                 tracing::debug!(
                     message = "start timing",
                     sandbox_id = %spec.id,
+                    premade_layers,
                     dirs_us = (t1 - t0).as_micros() as u64,
                     cgroup_us = (t2 - t1).as_micros() as u64,
                     launch_us = t2.elapsed().as_micros() as u64,

@@ -104,6 +104,10 @@ pub struct PlanOptions {
     /// mounted `volatile`: a sandbox's syncs stop at the page cache, and its teardown (the
     /// overlay's unmount) no longer syncs the whole filesystem holding the state directory.
     pub fsync: bool,
+    /// The overlays of the writable layers were mounted ahead by the host (with the sandbox's
+    /// directory, `spare.rs`): overlay mount `i` is `LaunchConfig::mounts[i]`, attached where
+    /// the child would have mounted it, and its lowers are not attached at all.
+    pub premade_layers: bool,
 }
 
 fn overlay_safe(p: &Path) -> Result<String, RuntimeError> {
@@ -172,6 +176,17 @@ pub fn plan(
                 layer.target.display()
             )));
         }
+        let target = under(&root, &layer.target)?;
+        if i > 0 {
+            steps.push(Step::Mkdir {
+                path: target.clone(),
+                mode: 0o755,
+            });
+        }
+        if opts.premade_layers {
+            steps.push(Step::AttachMount { mount: i, target });
+            continue;
+        }
         let mut lowers = Vec::new();
         for (j, host) in layer.lowers.iter().enumerate() {
             overlay_safe(host)?;
@@ -182,13 +197,6 @@ pub fn plan(
                 target: attach,
             });
             trees.push(host.clone());
-        }
-        let target = under(&root, &layer.target)?;
-        if i > 0 {
-            steps.push(Step::Mkdir {
-                path: target.clone(),
-                mode: 0o755,
-            });
         }
         let data = format!(
             "lowerdir={},upperdir={},workdir={},userxattr{}",

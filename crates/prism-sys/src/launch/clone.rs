@@ -148,6 +148,31 @@ pub(super) unsafe fn clone_vm(
     prepared: &Prepared,
     pidfd: &mut RawFd,
 ) -> isize {
+    // SAFETY: as the caller promised, for `child::run` on `prepared`.
+    unsafe {
+        clone_vm_into(
+            flags,
+            stack,
+            prepared as *const Prepared as usize,
+            child_entry,
+            pidfd,
+        )
+    }
+}
+
+/// `clone3(flags | CLONE_VM | CLONE_PIDFD)` whose child calls `entry(arg)` on `stack`.
+///
+/// # Safety
+/// What `entry` reads through `arg`, and `stack`, must stay alive and unchanged until the
+/// child has exec'd or exited; `entry` must follow `child.rs`'s rules (raw syscalls only) and
+/// never return; every signal must be blocked on the calling thread.
+pub(super) unsafe fn clone_vm_into(
+    flags: u64,
+    stack: &ChildStack,
+    arg: usize,
+    entry: extern "C" fn(usize) -> !,
+    pidfd: &mut RawFd,
+) -> isize {
     let args = CloneArgs {
         flags: flags | (libc::CLONE_VM | libc::CLONE_PIDFD) as u64,
         pidfd: pidfd as *mut RawFd as u64,
@@ -160,7 +185,7 @@ pub(super) unsafe fn clone_vm(
     // SAFETY: the raw clone3 syscall. In the parent it returns the pid (or -errno) in rax and
     // clobbers rcx/r11 as every syscall does. In the child (rax 0) rsp is the top of the new
     // stack (16-byte aligned) and r12/r13 are copies of ours: it clears the frame pointer and
-    // calls `child_entry(prepared)`, which never returns (`ud2` guards that); it never touches
+    // calls `entry(arg)`, which never returns (`ud2` guards that); it never touches
     // the parent's stack.
     unsafe {
         std::arch::asm!(
@@ -175,8 +200,8 @@ pub(super) unsafe fn clone_vm(
             inlateout("rax") libc::SYS_clone3 as isize => ret,
             in("rdi") &args as *const CloneArgs,
             in("rsi") std::mem::size_of::<CloneArgs>(),
-            in("r12") prepared as *const Prepared as usize,
-            in("r13") child_entry as extern "C" fn(usize) -> ! as usize,
+            in("r12") arg,
+            in("r13") entry as usize,
             lateout("rcx") _,
             lateout("r11") _,
             options(nostack),

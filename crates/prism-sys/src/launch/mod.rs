@@ -18,15 +18,17 @@ mod child;
 mod clone;
 mod harden;
 mod prepare;
+mod userns;
 
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 
 use crate::ids::IdMap;
 pub use harden::{Hardening, Rlimit};
 pub use prepare::Prepared;
+pub use userns::userns_with;
 
 /// One thing the child does, in order, before it execs. Paths are as the child sees them at
 /// that moment (host paths before `PivotRoot`, sandbox paths after it).
@@ -41,6 +43,12 @@ pub enum Step {
     /// Attach the `tree`-th idmapped tree (see [`LaunchConfig::trees`]) at `target`.
     AttachTree {
         tree: usize,
+        target: PathBuf,
+    },
+    /// Attach the `mount`-th detached mount the caller made (see [`LaunchConfig::mounts`]) at
+    /// `target`.
+    AttachMount {
+        mount: usize,
         target: PathBuf,
     },
     /// `mount(2)`.
@@ -116,6 +124,9 @@ pub struct LaunchConfig {
     /// A network namespace made ahead (`crate::netns::create_isolated`) for the sandbox to
     /// start in, instead of a new one of its own (`CLONE_NEWNET`).
     pub netns: Option<OwnedFd>,
+    /// Detached mounts made by the caller (e.g. the overlays of a sandbox directory made
+    /// ahead, `crate::mount::overlay`), handed to the child with the trees.
+    pub mounts: Vec<OwnedFd>,
 }
 
 /// A started sandbox init.
@@ -158,8 +169,10 @@ pub fn launch(
     cfg: &LaunchConfig,
     on_spawn: &mut dyn FnMut(u32) -> io::Result<()>,
 ) -> Result<Launched, LaunchError> {
-    if cfg.trees.len() > child::MAX_TREES {
-        return Err(LaunchError::TooManyTrees(cfg.trees.len()));
+    if cfg.trees.len() + cfg.mounts.len() > child::MAX_TREES {
+        return Err(LaunchError::TooManyTrees(
+            cfg.trees.len() + cfg.mounts.len(),
+        ));
     }
     let t0 = std::time::Instant::now();
     // Boxed: the child reads it through a pointer until it has exec'd or exited.
@@ -266,7 +279,13 @@ fn parent_side(
                 .map_err(parent_err("making an idmapped mount"))?,
         );
     }
-    crate::fdpass::send_fds(sock, &trees).map_err(parent_err("handing mounts to the sandbox"))?;
+    let fds: Vec<_> = trees
+        .iter()
+        .map(AsFd::as_fd)
+        .chain(cfg.mounts.iter().map(AsFd::as_fd))
+        .collect();
+    crate::fdpass::send_fds(sock, &fds).map_err(parent_err("handing mounts to the sandbox"))?;
+    drop(fds);
     drop(trees);
     let made = lap();
     on_spawn(pid).map_err(parent_err("placing the sandbox"))?;

@@ -83,10 +83,27 @@ impl Prepared {
             steps.push(match step {
                 Step::UnshareCgroup => CStep::UnshareCgroup,
                 Step::MakeRootPrivate => CStep::MakeRootPrivate,
-                Step::AttachTree { tree, target } => CStep::AttachTree {
-                    tree: *tree,
-                    target: path("tree target", target)?,
-                },
+                Step::AttachTree { tree, target } => {
+                    if *tree >= cfg.trees.len() {
+                        return Err(LaunchError::Nul(format!("tree index {tree} out of range")));
+                    }
+                    CStep::AttachTree {
+                        tree: *tree,
+                        target: path("tree target", target)?,
+                    }
+                }
+                // The child gets the caller's mounts after the trees, in one batch.
+                Step::AttachMount { mount, target } => {
+                    if *mount >= cfg.mounts.len() {
+                        return Err(LaunchError::Nul(format!(
+                            "mount index {mount} out of range"
+                        )));
+                    }
+                    CStep::AttachTree {
+                        tree: cfg.trees.len() + mount,
+                        target: path("mount target", target)?,
+                    }
+                }
                 Step::Mount {
                     source,
                     target,
@@ -130,12 +147,6 @@ impl Prepared {
                     path: path("read-only path", p)?,
                 },
             });
-        }
-        if let Some(CStep::AttachTree { tree, .. }) = steps
-            .iter()
-            .find(|s| matches!(s, CStep::AttachTree { tree, .. } if *tree >= cfg.trees.len()))
-        {
-            return Err(LaunchError::Nul(format!("tree index {tree} out of range")));
         }
         let exe = crate::fs::open_path(&cfg.exe).map_err(|source| LaunchError::Parent {
             op: "opening the sandbox init binary",

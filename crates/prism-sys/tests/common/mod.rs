@@ -67,6 +67,7 @@ pub fn config() -> LaunchConfig {
         stderr: dev_null(),
         hardening: Hardening::default(),
         netns: None,
+        mounts: Vec::new(),
     }
 }
 
