@@ -274,9 +274,13 @@ fn a_start_on_overlays_made_ahead_behaves_like_one_that_mounts_them() {
     assert!(root_mount_options(&h, &client).contains("/lower/0-0"));
     let out = h.sh(
         &client,
-        "cat /root-file /usr/local/usr-file && test ! -e /usr/bin/env && echo still-gone",
+        "cat /root-file /usr/local/usr-file && test ! -e /usr/bin/env && echo still-gone \
+         && echo again > /root-file && echo new > /usr/bin/env && cat /root-file /usr/bin/env",
     );
-    assert_eq!(out.stdout, "root\nusr\nstill-gone\n", "{out:?}");
+    assert_eq!(
+        out.stdout, "root\nusr\nstill-gone\nagain\nnew\n",
+        "the layers are not writable after the restart: {out:?}"
+    );
     h.destroy("premade-1");
     assert!(!dir.exists(), "the directory is left: {}", dir.display());
 }

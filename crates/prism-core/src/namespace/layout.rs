@@ -46,20 +46,21 @@ pub(super) fn build(dirs: &SandboxDirs, shape: &[usize], base: u32) -> io::Resul
     fs::create_dir_all(dirs.rootfs())
 }
 
-/// Let a restart mount the writable layers again. An overlay mounted `volatile` leaves
-/// `<workdir>/work/incompat/volatile/dirty`, and overlayfs refuses a workdir holding it: after
-/// a host crash the layer may lack its last writes. Within one boot nothing is lost, so the
-/// mark is cleared; after a crash the restart shows the layer as the disk kept it (see
-/// docs/security.md). The sandbox never sees its workdirs: what is there the kernel made.
-pub(super) fn clear_volatile_marks(dirs: &SandboxDirs, layers: usize) -> io::Result<()> {
-    let gone = |r: io::Result<()>| match r {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
-    };
+/// Let a restart mount the writable layers again: remove each layer's `<workdir>/work`, the
+/// overlay's scratch directory, which overlayfs empties and remakes at every mount anyway.
+/// Two things in it would stop the restart: an overlay mounted `volatile` leaves
+/// `work/incompat/volatile/dirty`, which overlayfs refuses (after a host crash the layer may
+/// lack its last writes; within one boot nothing is lost, and after a crash the restart shows
+/// the layer as the disk kept it, see docs/security.md); and an overlay the host mounted ahead
+/// (`spare.rs`) made `work` as the host's root, which the overlay the sandbox mounts at the
+/// restart may not clean up (it then mounts read-only). The sandbox never sees its workdirs:
+/// what is there the kernel made.
+pub(super) fn reset_workdirs(dirs: &SandboxDirs, layers: usize) -> io::Result<()> {
     for i in 0..layers {
-        let mark = dirs.work(i).join("work/incompat/volatile");
-        gone(fs::remove_file(mark.join("dirty")))?;
-        gone(fs::remove_dir(&mark))?;
+        match fs::remove_dir_all(dirs.work(i).join("work")) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
     }
     Ok(())
 }

@@ -242,8 +242,8 @@ impl NamespaceRuntime {
             layout::build(dirs, &shape, base).map_err(sys("creating the writable layer"))?;
         }
         if recorded.is_some() {
-            layout::clear_volatile_marks(dirs, shape.len())
-                .map_err(sys("clearing the writable layers' volatile marks"))?;
+            layout::reset_workdirs(dirs, shape.len())
+                .map_err(sys("resetting the writable layers' work directories"))?;
         } else {
             layout::write_identity(dirs, &spec.hostname, base)
                 .map_err(sys("writing /etc identity files"))?;
