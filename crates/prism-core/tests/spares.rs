@@ -284,3 +284,54 @@ fn a_start_on_overlays_made_ahead_behaves_like_one_that_mounts_them() {
     h.destroy("premade-1");
     assert!(!dir.exists(), "the directory is left: {}", dir.display());
 }
+
+/// A spare's overlays are over the directories its lowers named when it was made. When a
+/// path names another directory by the next start (an image pruned and pulled again, a
+/// template rebuilt in place of the old one), the start mounts its own overlays over the new
+/// one instead of showing the old, deleted tree.
+#[test]
+fn overlays_made_ahead_are_not_used_over_a_lower_that_was_replaced() {
+    let Some(h) = harness("spares_replaced_lower") else {
+        return;
+    };
+    let base = h.spec("x", Limits::default()).rootfs;
+    let lower = h.state.path().join("lower-copy");
+    let copy = |marker: &str| {
+        let st = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(&base.mounts[0].lowers[0])
+            .arg(&lower)
+            .status()
+            .expect("cp");
+        assert!(st.success());
+        std::fs::write(lower.join(marker), b"").expect("marker");
+    };
+    copy("old-marker");
+    let spec = |id: &str| {
+        let mut s = h.spec(id, Limits::default());
+        s.rootfs.mounts[0].lowers[0] = lower.clone();
+        s
+    };
+    let sandboxes = h.state.path().join("sandboxes");
+    eventually("two spares", || h.runtime.spares_ready() == 2);
+    let before: BTreeSet<String> = spares(&sandboxes).into_iter().map(|s| s.0).collect();
+    let first = h.runtime.start(&spec("replaced-0")).expect("start");
+    drop(first);
+    // The refill after it made a spare for this root filesystem (overlays over the copy); the
+    // next start takes the newest spare.
+    eventually("a spare made after the first start", || {
+        spares(&sandboxes).iter().any(|s| !before.contains(&s.0))
+    });
+    eventually("two spares", || h.runtime.spares_ready() == 2);
+    std::fs::rename(&lower, h.state.path().join("lower-old")).expect("move the old copy away");
+    copy("new-marker");
+    let handle = h.runtime.start(&spec("replaced-1")).expect("start");
+    let client = prism_proto::AgentClient::new(&handle.agent_socket);
+    let out = h.sh(&client, "ls / | grep marker");
+    assert_eq!(
+        out.stdout, "new-marker\n",
+        "the sandbox sees the old lower: {out:?}"
+    );
+    h.destroy("replaced-1");
+    h.destroy("replaced-0");
+}

@@ -57,8 +57,11 @@ pub(super) struct Spare {
     host: Arc<Host>,
     dirs: SandboxDirs,
     shape: Shape,
-    /// What `overlays` were mounted over (empty without them).
+    /// What `overlays` were mounted over (empty without them), and the directories' (device,
+    /// inode) then: a path may name another directory by the time of the start (an image
+    /// pruned and pulled again, a template rebuilt).
     lowers: Lowers,
+    lower_ids: Vec<(u64, u64)>,
     /// Overlay mount `i` of the writable layer `upper/i` (detached), or none.
     overlays: Vec<OwnedFd>,
     base: u32,
@@ -104,6 +107,16 @@ fn premade(
     Ok(overlays)
 }
 
+/// The (device, inode) of every lower directory, in order.
+fn dir_ids(lowers: &Lowers) -> io::Result<Vec<(u64, u64)>> {
+    use std::os::unix::fs::MetadataExt;
+    lowers
+        .iter()
+        .flatten()
+        .map(|p| fs::metadata(p).map(|m| (m.dev(), m.ino())))
+        .collect()
+}
+
 impl Spare {
     fn make(host: &Arc<Host>, want: &Want, name: &str) -> io::Result<Self> {
         let shape = &want.shape;
@@ -118,6 +131,7 @@ impl Spare {
             dirs,
             shape: shape.clone(),
             lowers: Vec::new(),
+            lower_ids: Vec::new(),
             overlays: Vec::new(),
             base,
             listener: None,
@@ -129,10 +143,12 @@ impl Spare {
         fs::File::create_new(d.agent_log())?;
         spare.listener = Some(UnixListener::bind(d.agent_socket())?);
         if want.premade.load(Ordering::Relaxed) && want.lowers.len() == shape.len() {
-            match premade(host, &spare.dirs, &want.lowers, base) {
-                Ok(overlays) => {
+            let ids = dir_ids(&want.lowers);
+            match ids.and_then(|ids| Ok((ids, premade(host, &spare.dirs, &want.lowers, base)?))) {
+                Ok((ids, overlays)) => {
                     spare.overlays = overlays;
                     spare.lowers = want.lowers.clone();
+                    spare.lower_ids = ids;
                 }
                 Err(error) => {
                     // An older kernel (no overlay layers as fds): starts mount them.
@@ -155,7 +171,8 @@ impl Spare {
             .ok_or_else(|| io::Error::other("spare without a socket"))?;
         // Installed: no longer ours to discard.
         self.dirs.root = PathBuf::new();
-        let overlays = if self.lowers == *lowers {
+        let same = self.lowers == *lowers && dir_ids(lowers).is_ok_and(|ids| ids == self.lower_ids);
+        let overlays = if same {
             std::mem::take(&mut self.overlays)
         } else {
             Vec::new()
