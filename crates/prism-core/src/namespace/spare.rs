@@ -107,6 +107,16 @@ fn premade(
     Ok(overlays)
 }
 
+/// Whether making the overlays failed because this kernel cannot (layers as fds, the new
+/// mount API, idmapped mounts), rather than for this spare only.
+fn unsupported(error: &io::Error) -> bool {
+    // EINVAL, and ENOSYS / EOPNOTSUPP.
+    matches!(
+        error.kind(),
+        io::ErrorKind::InvalidInput | io::ErrorKind::Unsupported
+    )
+}
+
 /// The (device, inode) of every lower directory, in order.
 fn dir_ids(lowers: &Lowers) -> io::Result<Vec<(u64, u64)>> {
     use std::os::unix::fs::MetadataExt;
@@ -143,24 +153,26 @@ impl Spare {
         fs::File::create_new(d.agent_log())?;
         spare.listener = Some(UnixListener::bind(d.agent_socket())?);
         if want.premade.load(Ordering::Relaxed) && want.lowers.len() == shape.len() {
-            let ids = dir_ids(&want.lowers);
-            match ids.and_then(|ids| Ok((ids, premade(host, &spare.dirs, &want.lowers, base)?))) {
+            let made = dir_ids(&want.lowers)
+                .and_then(|ids| Ok((ids, premade(host, &spare.dirs, &want.lowers, base)?)));
+            match made {
                 Ok((ids, overlays)) => {
                     spare.overlays = overlays;
                     spare.lowers = want.lowers.clone();
                     spare.lower_ids = ids;
                 }
-                Err(error) => {
+                Err(error) if unsupported(&error) => {
                     // An older kernel (no overlay layers as fds): starts mount them.
                     want.premade.store(false, Ordering::Relaxed);
                     tracing::info!(message = "overlays are not mounted ahead", %error);
                 }
+                // E.g. a lower removed since that start: this spare goes without.
+                Err(error) => tracing::debug!(message = "no overlays made ahead", %error),
             }
         }
         Ok(spare)
     }
 
-    /// Rename the spare to `dirs.root` (which must not exist yet).
     /// Rename the spare to `dirs.root` (which must not exist yet); its overlays come along if
     /// they were made over `lowers`.
     fn install(mut self, dirs: &SandboxDirs, lowers: &Lowers) -> io::Result<Installed> {
