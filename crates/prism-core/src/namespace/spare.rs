@@ -90,13 +90,13 @@ fn premade(
         base,
         count: IDS_PER_SANDBOX,
     })?;
+    let volatile = !host.cfg.fsync_sandboxes;
     let mut overlays = Vec::with_capacity(lowers.len());
     for (i, layer) in lowers.iter().enumerate() {
         let trees = layer
             .iter()
             .map(|p| prism_sys::mount::idmapped_tree(p, &ns, false))
             .collect::<io::Result<Vec<_>>>()?;
-        let volatile = !host.cfg.fsync_sandboxes;
         overlays.push(prism_sys::mount::overlay(
             &trees,
             &dirs.upper(i),

@@ -63,3 +63,30 @@ pub fn userns_with(map: &IdMap) -> io::Result<OwnedFd> {
     reaped?;
     Ok(ns)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_user_namespace_made_without_a_sandbox_idmaps_with_its_map() {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::MetadataExt;
+        // SAFETY: geteuid cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("SKIP: userns_with NOT run: needs root");
+            return;
+        }
+        let map = IdMap {
+            base: 3_800_000_000,
+            count: 65536,
+        };
+        let ns = userns_with(&map).expect("userns");
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("f"), b"x").expect("file");
+        let tree = crate::mount::idmapped_tree(dir.path(), &ns, false).expect("idmapped tree");
+        // Host id 0 (the file's owner) shows as the range's first id through the tree.
+        let md = std::fs::metadata(format!("/proc/self/fd/{}/f", tree.as_raw_fd())).expect("stat");
+        assert_eq!((md.uid(), md.gid()), (map.base, map.base));
+    }
+}
