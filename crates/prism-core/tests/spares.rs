@@ -6,18 +6,9 @@ mod support;
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 use prism_core::{Limits, RootfsSpec, Runtime};
-use support::harness;
-
-fn eventually(what: &str, f: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
+use support::{eventually, harness, root_mount};
 
 /// The spares in the sandboxes directory, by name, with their recorded id range.
 fn spares(sandboxes: &Path) -> Vec<(String, u32)> {
@@ -149,7 +140,7 @@ fn a_root_filesystem_of_another_shape_gets_a_directory_of_its_own() {
         "host-backtobase\n"
     );
     h.destroy("backtobase");
-    assert!(h.runtime.settle(Duration::from_secs(30)));
+    assert!(h.runtime.settle(support::SETTLE));
 }
 
 #[test]
@@ -195,13 +186,6 @@ fn a_restart_does_not_write_through_a_symlinked_etc() {
     h.destroy("etclink");
 }
 
-/// The options of the sandbox's root mount, as it sees them.
-fn root_mount_options(h: &support::Harness, client: &prism_proto::AgentClient) -> String {
-    let out = h.sh(client, "grep ' / / ' /proc/self/mountinfo");
-    assert_eq!(out.exit_code, 0, "{out:?}");
-    out.stdout
-}
-
 /// Spares made after a first start bring their overlays mounted ahead (by the host, over that
 /// start's lowers), and a sandbox on them behaves as one whose overlays it mounted itself:
 /// writes to `/` and `/usr` land in its writable layers on the host, owned by its root; a
@@ -219,7 +203,7 @@ fn a_start_on_overlays_made_ahead_behaves_like_one_that_mounts_them() {
     eventually("two spares", || h.runtime.spares_ready() == 2);
     let before: BTreeSet<String> = spares(&sandboxes).into_iter().map(|s| s.0).collect();
     let (_, first) = h.start("premade-0", Limits::default());
-    assert!(root_mount_options(&h, &first).contains("/lower/0-0"));
+    assert!(root_mount(&h, &first).contains("/lower/0-0"));
     let made_after: BTreeSet<String> = {
         eventually("a spare made after the first start", || {
             spares(&sandboxes).iter().any(|s| !before.contains(&s.0))
@@ -234,7 +218,7 @@ fn a_start_on_overlays_made_ahead_behaves_like_one_that_mounts_them() {
     assert!(!made_after.is_empty());
     // The newest spare is taken first.
     let (handle, client) = h.start("premade-1", Limits::default());
-    let options = root_mount_options(&h, &client);
+    let options = root_mount(&h, &client);
     assert!(
         !options.contains("/lower/0-0") && options.contains("volatile"),
         "not the overlay made ahead: {options}"
@@ -271,7 +255,7 @@ fn a_start_on_overlays_made_ahead_behaves_like_one_that_mounts_them() {
     let spec = h.spec("premade-1", Limits::default());
     let again = h.runtime.start(&spec).expect("restart");
     let client = prism_proto::AgentClient::new(&again.agent_socket);
-    assert!(root_mount_options(&h, &client).contains("/lower/0-0"));
+    assert!(root_mount(&h, &client).contains("/lower/0-0"));
     let out = h.sh(
         &client,
         "cat /root-file /usr/local/usr-file && test ! -e /usr/bin/env && echo still-gone \

@@ -1,27 +1,46 @@
 //! Attacks on the filesystem boundary: host files, writes outside, /proc/*/root tricks, symlinks
-//! and hard links through the agent's file API, huge names.
+//! and hard links through the agent's file API, huge names. Each case runs twice: on writable
+//! layers whose overlays the sandbox mounted itself, and on overlays the host mounted ahead with
+//! a spare directory (owned by the host's user namespace; what most first starts get).
 
 use futures_util::StreamExt;
 
-use crate::support::harness;
+use crate::support::{Harness, Overlays, harness};
 use crate::{field, py, small};
+
+/// `#[test]`s running `case` on each kind of overlay.
+macro_rules! on_both {
+    ($case:ident, $in_sandbox:ident, $ahead:ident) => {
+        #[test]
+        fn $in_sandbox() {
+            run($case, Overlays::InSandbox, stringify!($in_sandbox));
+        }
+        #[test]
+        fn $ahead() {
+            run($case, Overlays::Ahead, stringify!($ahead));
+        }
+    };
+}
+
+fn run(case: fn(&Harness, Overlays), overlays: Overlays, name: &str) {
+    let _serial = crate::serial();
+    let Some(h) = harness(&format!("adversarial {name}")) else {
+        return;
+    };
+    case(&h, overlays);
+}
 
 /// Attacks: reading a host file and writing the host through every path the sandbox has: the
 /// path itself, /proc/self/root and /proc/1/root, `..` beyond `/`, and the shared base (/usr).
 /// Expected: the host secret is never found (ENOENT or EACCES), writes to /usr land in the
 /// sandbox's own upper layer, and the host's file and /usr are unchanged afterwards.
-#[test]
-fn host_files_are_neither_readable_nor_writable() {
-    let _serial = crate::serial();
-    let Some(h) = harness("adversarial host_files") else {
-        return;
-    };
+fn host_files_are_neither_readable_nor_writable(h: &Harness, overlays: Overlays) {
     let secret = h.state.path().join("host-secret");
     std::fs::write(&secret, "TOPSECRET").expect("secret");
     let secret = secret.display().to_string();
-    let (_handle, client) = h.start("adv-files", small());
+    let (_handle, client) = h.start_on(overlays, "adv-files", small());
     let out = py(
-        &h,
+        h,
         &client,
         &format!(
             r#"
@@ -67,15 +86,10 @@ attempt("cwd", lambda: os.getcwd())
 /// Expected: links resolve inside the sandbox's root (reading through them gives the sandbox's
 /// own hostname), and writing through the hard link changes the sandbox's copy only: the host's
 /// /usr/bin/python3 keeps its bytes.
-#[test]
-fn links_through_the_file_api_stay_inside() {
-    let _serial = crate::serial();
-    let Some(h) = harness("adversarial links") else {
-        return;
-    };
+fn links_through_the_file_api_stay_inside(h: &Harness, overlays: Overlays) {
     let host_py = std::fs::canonicalize("/usr/bin/python3").expect("python3");
     let before = std::fs::read(&host_py).expect("read python3");
-    let (_handle, client) = h.start("adv-links", small());
+    let (_handle, client) = h.start_on(overlays, "adv-links", small());
     let out = h.sh(
         &client,
         &format!(
@@ -113,15 +127,10 @@ fn links_through_the_file_api_stay_inside() {
 /// 256-byte one, and a 5000-byte path through the file API.
 /// Expected: 255 works, 256 fails with ENAMETOOLONG, the API answers an error and the agent keeps
 /// serving.
-#[test]
-fn huge_filenames_get_clean_errors() {
-    let _serial = crate::serial();
-    let Some(h) = harness("adversarial huge_names") else {
-        return;
-    };
-    let (_handle, client) = h.start("adv-names", small());
+fn huge_filenames_get_clean_errors(h: &Harness, overlays: Overlays) {
+    let (_handle, client) = h.start_on(overlays, "adv-names", small());
     let out = py(
-        &h,
+        h,
         &client,
         r#"
 def attempt(name, f):
@@ -151,14 +160,9 @@ attempt("n256", lambda: open("/tmp/" + "a" * 256, "w").close())
 /// Expected: every write the API acknowledged lands inside the sandbox (in the directory or, via
 /// the link, in the sandbox's own `/`), all of them are found there, and none reaches the host's
 /// `/`.
-#[test]
-fn symlink_swap_race_on_the_file_api_stays_inside() {
-    let _serial = crate::serial();
-    let Some(h) = harness("adversarial symlink race") else {
-        return;
-    };
+fn symlink_swap_race_on_the_file_api_stays_inside(h: &Harness, overlays: Overlays) {
     let marker = format!("prism-race-{}", std::process::id());
-    let (_handle, client) = h.start("adv-race", small());
+    let (_handle, client) = h.start_on(overlays, "adv-race", small());
     // The swapper runs in the background until /tmp/stop exists (or 60 s pass).
     let swapper = r#"
 import ctypes, os, time
@@ -247,3 +251,24 @@ open("/tmp/swaps", "w").write(str(n))
         field(&out, "in_root").unwrap_or("?")
     );
 }
+
+on_both!(
+    host_files_are_neither_readable_nor_writable,
+    host_files_are_neither_readable_nor_writable_in_sandbox,
+    host_files_are_neither_readable_nor_writable_ahead
+);
+on_both!(
+    links_through_the_file_api_stay_inside,
+    links_through_the_file_api_stay_inside_in_sandbox,
+    links_through_the_file_api_stay_inside_ahead
+);
+on_both!(
+    huge_filenames_get_clean_errors,
+    huge_filenames_get_clean_errors_in_sandbox,
+    huge_filenames_get_clean_errors_ahead
+);
+on_both!(
+    symlink_swap_race_on_the_file_api_stays_inside,
+    symlink_swap_race_on_the_file_api_stays_inside_in_sandbox,
+    symlink_swap_race_on_the_file_api_stays_inside_ahead
+);

@@ -114,6 +114,38 @@ impl Harness {
         (handle, client)
     }
 
+    /// Start `id` with its writable layers' overlays mounted by the way `overlays` names, and
+    /// check from inside that they were: the adversarial cases run on both kinds.
+    pub fn start_on(
+        &self,
+        overlays: Overlays,
+        id: &str,
+        limits: Limits,
+    ) -> (SandboxHandle, AgentClient) {
+        if overlays == Overlays::Ahead {
+            // A spare carries overlays once a start has told the pool its lowers: prime it
+            // with a start of the same root filesystem, then wait for the refill (the newest
+            // spare, the one the next start takes).
+            let primer = format!("{id}-primer");
+            self.start(&primer, Limits::default());
+            self.destroy(&primer);
+            eventually("the spare pool to refill", || {
+                self.runtime.spares_ready() == prism_core::namespace::DEFAULT_SPARE_DIRS
+            });
+        }
+        let (handle, client) = self.start(id, limits);
+        let root = root_mount(self, &client);
+        // A sandbox's own overlay has its lowers attached under its directory's `lower/`; one
+        // made ahead names the host paths and is always `volatile` here.
+        let in_sandbox = root.contains("/lower/0-0");
+        assert_eq!(
+            in_sandbox,
+            overlays == Overlays::InSandbox,
+            "{id} did not start on overlays mounted {overlays:?}: {root}"
+        );
+        (handle, client)
+    }
+
     /// Run `argv` to completion and collect its output.
     pub fn run(&self, client: &AgentClient, argv: &[&str]) -> Output {
         self.rt.block_on(run_async(client, argv))
@@ -152,6 +184,35 @@ impl Harness {
             self.runtime.settle(SETTLE),
             "the teardown of {id} did not finish within {SETTLE:?}"
         );
+    }
+}
+
+/// Who mounted a sandbox's writable layers' overlays.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Overlays {
+    /// The sandbox's own start, in its user namespace (a runtime's first start, a restart).
+    InSandbox,
+    /// The host, ahead of the start, with a spare directory (`namespace/spare.rs`): what most
+    /// first starts get.
+    Ahead,
+}
+
+/// The sandbox's root mount, as its `/proc/self/mountinfo` line shows it.
+pub fn root_mount(h: &Harness, client: &AgentClient) -> String {
+    let out = h.sh(client, "grep ' / / ' /proc/self/mountinfo");
+    assert_eq!(out.exit_code, 0, "{out:?}");
+    out.stdout
+}
+
+/// Poll `f` until it holds (20 s at most): for state a background thread reaches.
+pub fn eventually(what: &str, f: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !f() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
     }
 }
 
