@@ -255,7 +255,7 @@ mod tests {
         // The lengths prism-sys's seccomp.rs quotes (the kernel's cost grows with them).
         assert_eq!(h.seccomp.map(|s| s.len()), Some(84));
         let durable = p.hardening(false).unwrap();
-        assert_eq!(durable.seccomp.map(|s| s.len()), Some(71));
+        assert_eq!(durable.seccomp.map(|s| s.len()), Some(70));
     }
 
     #[test]
