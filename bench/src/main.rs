@@ -28,7 +28,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 
-const ALL: &str = "fork,prism,prism-settled,prism-idle,interleaved,image,api,pooled,template,bwrap,crun,runsc,podman,throughput,density,stream";
+const ALL: &str = "fork,prism,prism-settled,prism-idle,interleaved,interleaved-settled,image,api,pooled,template,bwrap,crun,runsc,podman,throughput,density,stream";
 
 #[derive(Parser, Debug)]
 #[command(about = "Prism vs. peers: latency, throughput, density, streaming")]
@@ -42,7 +42,7 @@ struct Args {
     /// Comma-separated subset of: fork, prism, prism-settled (each sample also waits for the
     /// background teardown), prism-idle (settled, then `--idle-ms` of idle time before the next
     /// sample: creates on a daemon that is not saturated), interleaved (`prism` and `bwrap` samples alternating, so both see
-    /// the same load), image, api, pooled, template, bwrap, crun,
+    /// the same load), interleaved-settled (`prism-settled` and `bwrap` alternating), image, api, pooled, template, bwrap, crun,
     /// runsc, podman (create → first exec → destroy; `api`, `pooled` and `template` go through a
     /// real prismd, `pooled` with a warm pool of `base`, `template` from a built template vs
     /// `base`; `image` is `prism` over an OCI image's layers), throughput, density, stream.
@@ -144,7 +144,7 @@ fn main() -> Result<()> {
     let mut tput = Vec::new();
     let mut dens = Vec::new();
     let mut streamed = None;
-    let mut interleaved = None;
+    let mut interleaved = Vec::new();
     println!(
         "prism-bench: {} iterations after {} warm-up ({} for runsc/podman); {} cores",
         args.iterations,
@@ -190,9 +190,9 @@ fn main() -> Result<()> {
                 }
                 Some(Ok(total))
             }
-            "interleaved" => {
+            "interleaved" | "interleaved-settled" => {
                 if !peers::available("bwrap") {
-                    println!("interleaved: bwrap is not installed");
+                    println!("{system}: bwrap is not installed");
                     continue;
                 }
                 let mut bw = Vec::new();
@@ -210,7 +210,11 @@ fn main() -> Result<()> {
                     &rootfs,
                     args.warmup,
                     args.iterations,
-                    prism::Wait::Nothing,
+                    if system == "interleaved" {
+                        prism::Wait::Nothing
+                    } else {
+                        prism::Wait::Teardown
+                    },
                     Some(&mut bwrap_sample),
                 )?;
                 let p50 = |v: &[std::time::Duration]| {
@@ -223,8 +227,8 @@ fn main() -> Result<()> {
                     .find(|(n, _)| *n == prism::CREATE_AND_TRUE)
                     .map(|(_, v)| p50(v) / p50(&bw));
                 let ratio = (p50(&total) / p50(&bw), created);
-                rows.push(stats::Row::new("interleaved: bwrap", bw));
-                interleaved = Some(ratio);
+                rows.push(stats::Row::new(&format!("{system}: bwrap"), bw));
+                interleaved.push((system, ratio));
                 Some(Ok(total))
             }
             "api" => Some(
@@ -307,10 +311,10 @@ fn main() -> Result<()> {
     if !rows.is_empty() {
         stats::print_table(&rows);
     }
-    if let Some((ratio, created)) = interleaved {
-        println!("interleaved: prism p50 / bwrap p50 (samples alternating) = {ratio:.2}x");
+    for (system, (ratio, created)) in interleaved {
+        println!("{system}: prism p50 / bwrap p50 (samples alternating) = {ratio:.2}x");
         if let Some(c) = created {
-            println!("interleaved: create + true p50 / bwrap p50 (samples alternating) = {c:.2}x");
+            println!("{system}: create + true p50 / bwrap p50 (samples alternating) = {c:.2}x");
         }
     }
     if !tput.is_empty() {
