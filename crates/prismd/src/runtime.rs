@@ -36,11 +36,13 @@ pub fn build(cfg: &Config) -> Result<Arc<dyn Runtime>, BuildError> {
             tracing::info!(agent = %agent_path.display(), cgroups = ?cgroups.version(), "namespace runtime");
             Ok(Arc::new(prism_core::namespace::NamespaceRuntime::new(
                 prism_core::namespace::NamespaceConfig {
-                    sandboxes_dir: cfg.state_dir.join("sandboxes"),
-                    agent_path,
                     netns_pool: cfg.netns_pool,
                     spare_dirs: cfg.spare_dirs,
                     fsync_sandboxes: cfg.fsync_sandboxes,
+                    ..prism_core::namespace::NamespaceConfig::new(
+                        cfg.state_dir.join("sandboxes"),
+                        agent_path,
+                    )
                 },
                 cgroups,
             )?))

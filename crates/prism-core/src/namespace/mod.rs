@@ -34,6 +34,7 @@ use layout::read_uid_base;
 pub use locate::locate_agent;
 pub use netpool::{DEFAULT_NETNS_POOL, NetnsPool};
 pub use plan::{MountPlan, PlanOptions, SandboxDirs, plan};
+pub use slots::DEFAULT_ID_CLAIMS;
 use slots::Slots;
 pub use spare::DEFAULT_SPARE_DIRS;
 
@@ -64,6 +65,10 @@ pub struct NamespaceConfig {
     /// filesystem (the host's root fs, usually) and a sandbox cannot force such flushes; its
     /// files survive a daemon crash, not a host crash (see docs/security.md).
     pub fsync_sandboxes: bool,
+    /// Where the runtime claims its sandboxes' host id ranges host-wide, so that two runtimes
+    /// on one host never share one (`slots.rs`; default [`DEFAULT_ID_CLAIMS`]). `None`: ranges
+    /// are unique within this runtime only.
+    pub id_claims: Option<PathBuf>,
 }
 
 /// How long a start waits for the teardown of an earlier sandbox with the same id.
@@ -121,6 +126,7 @@ impl NamespaceConfig {
             netns_pool: DEFAULT_NETNS_POOL,
             spare_dirs: DEFAULT_SPARE_DIRS,
             fsync_sandboxes: false,
+            id_claims: Some(PathBuf::from(DEFAULT_ID_CLAIMS)),
         }
     }
 }
@@ -149,7 +155,12 @@ impl NamespaceRuntime {
         }
         let trash =
             trash::Trash::new(&cfg.sandboxes_dir).map_err(sys("creating the trash directory"))?;
-        let slots = Slots::default();
+        let slots = Slots::new(
+            cfg.id_claims
+                .as_deref()
+                .map(|dir| (dir, cfg.sandboxes_dir.as_path())),
+        )
+        .map_err(sys("creating the id-range claims directory"))?;
         // Directories of existing sandboxes keep their id ranges (dot-entries are ours: the
         // trash, the /dev skeleton, spares).
         if let Ok(entries) = fs::read_dir(&cfg.sandboxes_dir) {
@@ -160,11 +171,17 @@ impl NamespaceRuntime {
                 if let Some(base) = read_uid_base(&SandboxDirs {
                     root: e.path(),
                     quota: false,
-                }) {
-                    slots.take(base);
+                }) && let Err(error) = slots.take(base)
+                {
+                    tracing::error!(
+                        message = "a sandbox's id range is claimed by another runtime",
+                        sandbox = %e.file_name().to_string_lossy(),
+                        %error
+                    );
                 }
             }
         }
+        slots.sweep();
         let dev_skeleton = devskel::ensure(&cfg.sandboxes_dir);
         let netns = NetnsPool::isolated(cfg.netns_pool).map_err(sys("starting the netns pool"))?;
         // Cgroups made ahead where the manager can; without them creates make their own.
@@ -217,7 +234,10 @@ impl NamespaceRuntime {
         let recorded = read_uid_base(dirs);
         let (base, listener, overlays) = match recorded {
             Some(base) => {
-                self.host.slots.take(base);
+                self.host
+                    .slots
+                    .take(base)
+                    .map_err(|e| RuntimeError::StartFailed(e.to_string()))?;
                 (base, None, Vec::new())
             }
             None => match (!dirs.quota)
@@ -558,7 +578,14 @@ impl Runtime for NamespaceRuntime {
 
     fn adopt(&self, handle: &SandboxHandle) -> Result<bool, RuntimeError> {
         validate_id(&handle.id)?;
-        self.host.slots.take(handle.uid_base);
+        if let Err(error) = self.host.slots.take(handle.uid_base) {
+            // It runs in that range either way; the other runtime's sandbox shares it.
+            tracing::error!(
+                message = "an adopted sandbox's id range is claimed by another runtime",
+                sandbox = %handle.id,
+                %error
+            );
+        }
         Ok(self.open_pidfd(handle)?.is_some())
     }
 
