@@ -46,12 +46,14 @@ pub fn harness(test: &str) -> Option<Harness> {
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
+/// Fields drop in this order: the runtime (and its threads making spares) before the state
+/// directory it works in.
 pub struct Harness {
-    pub state: tempfile::TempDir,
     pub runtime: NamespaceRuntime,
     pub rt: tokio::runtime::Runtime,
     pub cgroup_parent: String,
     ids: std::sync::Mutex<Vec<String>>,
+    pub state: tempfile::TempDir,
 }
 
 /// Output of a finished command.
