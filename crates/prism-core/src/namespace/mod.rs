@@ -212,6 +212,11 @@ impl NamespaceRuntime {
         self.host.dirs(id)
     }
 
+    /// The settings this runtime was made with.
+    pub fn config(&self) -> &NamespaceConfig {
+        &self.host.cfg
+    }
+
     /// Network namespaces made ahead and ready for the next starts.
     pub fn netns_ready(&self) -> usize {
         self.netns.ready()
