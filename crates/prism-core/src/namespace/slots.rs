@@ -8,7 +8,9 @@
 //! removed when the range is released. A runtime starting over a sandboxes directory keeps the
 //! claims of the sandboxes it finds there and removes its other ones (spares of a daemon that
 //! died), and those of claimers whose sandboxes directory is gone (a test's state dir, a daemon
-//! uninstalled). `/run` is a tmpfs: claims end with the boot, as every sandbox does.
+//! uninstalled). `/run` is a tmpfs: claims end with the boot, as every sandbox does. Runtimes
+//! over the same sandboxes directory count as one claimer (a restarted daemon takes over the
+//! old one's claims); two of them running at once is not supported.
 
 use std::collections::BTreeSet;
 use std::io::{self, Write};
