@@ -251,7 +251,12 @@ impl NamespaceRuntime {
             {
                 Some(s) => (s.base, Some(s.listener), s.overlays),
                 None => {
-                    let base = self.host.slots.allocate().ok_or(RuntimeError::NoUidRange)?;
+                    let base = self
+                        .host
+                        .slots
+                        .allocate()
+                        .map_err(sys("claiming a host id range"))?
+                        .ok_or(RuntimeError::NoUidRange)?;
                     layout::create_root(dirs, base)
                         .map_err(sys("creating the sandbox directory"))?;
                     (base, None, Vec::new())

@@ -63,21 +63,23 @@ impl Slots {
         self.taken.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The lowest range free here and on the host; its base id.
-    pub(super) fn allocate(&self) -> Option<u32> {
+    /// The lowest range free here and on the host; its base id (`None`: every range is in
+    /// use). A claim that fails for another reason than a claim already there is an error.
+    pub(super) fn allocate(&self) -> io::Result<Option<u32>> {
         let mut taken = self.lock();
-        let slot = (FIRST_SLOT..LAST_SLOT).find(|s| {
-            !taken.contains(s)
-                && self.claims.as_ref().is_none_or(|c| match c.claim(*s) {
-                    Ok(claimed) => claimed,
-                    Err(error) => {
-                        tracing::warn!(message = "cannot claim an id range", slot = s, %error);
-                        false
-                    }
-                })
-        })?;
-        taken.insert(slot);
-        Some(slot * IDS_PER_SANDBOX)
+        for slot in FIRST_SLOT..LAST_SLOT {
+            if taken.contains(&slot) {
+                continue;
+            }
+            if let Some(c) = &self.claims
+                && !c.claim(slot)?
+            {
+                continue;
+            }
+            taken.insert(slot);
+            return Ok(Some(slot * IDS_PER_SANDBOX));
+        }
+        Ok(None)
     }
 
     /// Take the range of an existing sandbox (recorded in its directory). Taken here even when
@@ -144,10 +146,13 @@ impl Claims {
             .mode(0o600)
             .open(&path)
         {
-            Ok(mut f) => {
-                f.write_all(self.owner.as_bytes())?;
-                Ok(true)
-            }
+            Ok(mut f) => match f.write_all(self.owner.as_bytes()) {
+                Ok(()) => Ok(true),
+                Err(e) => {
+                    let _ = std::fs::remove_file(&path);
+                    Err(e)
+                }
+            },
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 Ok(self.holder(slot) == self.owner)
             }
@@ -224,15 +229,15 @@ mod tests {
     #[test]
     fn two_runtimes_on_one_host_get_different_ranges() {
         let (_t, a, b) = two_runtimes();
-        let first = a.allocate().expect("a's range");
+        let first = a.allocate().unwrap().expect("a's range");
         assert_eq!(first, FIRST_SLOT * IDS_PER_SANDBOX);
-        let second = b.allocate().expect("b's range");
+        let second = b.allocate().unwrap().expect("b's range");
         assert_ne!(first, second);
         // Released by a, the range is free for b.
         a.release(first);
-        assert_eq!(b.allocate(), Some(first));
+        assert_eq!(b.allocate().unwrap(), Some(first));
         // b cannot release what a holds.
-        let held = a.allocate().expect("a again");
+        let held = a.allocate().unwrap().expect("a again");
         b.release(held);
         assert!(
             a.claims
@@ -246,7 +251,7 @@ mod tests {
     #[test]
     fn taking_a_range_another_runtime_claims_says_who() {
         let (t, a, b) = two_runtimes();
-        let base = a.allocate().expect("a's range");
+        let base = a.allocate().unwrap().expect("a's range");
         let err = b.take(base).expect_err("claimed by a");
         assert_eq!(err.base, base);
         assert!(err.owner.ends_with("/a"), "{err}");
@@ -259,9 +264,9 @@ mod tests {
     #[test]
     fn a_restarted_runtime_keeps_its_sandboxes_claims_and_drops_the_rest() {
         let (t, a, b) = two_runtimes();
-        let kept = a.allocate().unwrap();
-        let spare = a.allocate().unwrap();
-        let others = b.allocate().unwrap();
+        let kept = a.allocate().unwrap().unwrap();
+        let spare = a.allocate().unwrap().unwrap();
+        let others = b.allocate().unwrap().unwrap();
         drop(a);
         let claims = t.path().join("claims");
         let a = Slots::new(Some((&claims, &t.path().join("a")))).unwrap();
@@ -274,13 +279,21 @@ mod tests {
         std::fs::remove_dir(t.path().join("b")).unwrap();
         a.sweep();
         assert!(!exists(others));
-        assert_eq!(a.allocate(), Some(spare.min(others)));
+        assert_eq!(a.allocate().unwrap(), Some(spare.min(others)));
+    }
+
+    #[test]
+    fn a_claim_that_cannot_be_written_is_an_error_not_a_shared_range() {
+        let (t, a, _b) = two_runtimes();
+        std::fs::remove_dir_all(t.path().join("claims")).unwrap();
+        assert!(a.allocate().is_err());
+        assert!(a.lock().is_empty(), "nothing taken");
     }
 
     #[test]
     fn without_claims_ranges_are_per_runtime() {
         let a = Slots::new(None).unwrap();
         let b = Slots::new(None).unwrap();
-        assert_eq!(a.allocate(), b.allocate());
+        assert_eq!(a.allocate().unwrap(), b.allocate().unwrap());
     }
 }

@@ -132,7 +132,7 @@ impl Spare {
         let shape = &want.shape;
         let base = host
             .slots
-            .allocate()
+            .allocate()?
             .ok_or_else(|| io::Error::other("no free id range"))?;
         let dirs = SandboxDirs::new(&host.cfg.sandboxes_dir, name);
         // From here on a failure drops the half-made spare, which discards it.
