@@ -6,6 +6,13 @@ use std::os::fd::OwnedFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
+/// `path` as a C string for a syscall (a path with a NUL byte in it is invalid input).
+pub(crate) fn cpath(path: &Path) -> io::Result<std::ffi::CString> {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))
+}
+
 /// Open `path` with `O_PATH | O_CLOEXEC` (enough to exec it with `execveat`).
 pub fn open_path(path: &Path) -> io::Result<OwnedFd> {
     Ok(File::options()
@@ -18,9 +25,7 @@ pub fn open_path(path: &Path) -> io::Result<OwnedFd> {
 /// Make the character device `path` with device number `rdev` (as `st_rdev` gives it) and
 /// permission bits `mode` (umask applied).
 pub fn mknod_char(path: &Path, mode: u32, rdev: u64) -> io::Result<()> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let c = cpath(path)?;
     // SAFETY: mknod with a valid C string; no memory is handed to the kernel beyond it.
     let rc = unsafe {
         libc::mknod(
@@ -39,9 +44,7 @@ pub fn mknod_char(path: &Path, mode: u32, rdev: u64) -> io::Result<()> {
 /// Whether the filesystem holding `path` is mounted `nodev` (device nodes on it cannot be
 /// opened).
 pub fn is_nodev(path: &Path) -> io::Result<bool> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let c = cpath(path)?;
     // SAFETY: statvfs into a zeroed local struct.
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
     // SAFETY: valid C string and a live out-pointer.

@@ -17,3 +17,14 @@ pub mod proc;
 pub(crate) mod raw;
 pub mod sched;
 pub mod seccomp;
+
+/// For unit tests that need root: `true` (after a loud SKIP line naming `test`) when not root.
+#[cfg(test)]
+pub(crate) fn not_root(test: &str) -> bool {
+    // SAFETY: geteuid cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        eprintln!("SKIP: {test}: NOT run: needs root");
+    }
+    !root
+}

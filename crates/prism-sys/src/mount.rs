@@ -2,8 +2,9 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+
+use crate::fs::cpath;
 
 pub(crate) const AT_EMPTY_PATH: libc::c_int = 0x1000;
 pub(crate) const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
@@ -25,8 +26,7 @@ struct MountAttr {
 /// (host id 0 shows as the namespace's root), and `nodev` unless `devices`. Non-recursive:
 /// submounts of `path` are not part of the view.
 pub fn idmapped_tree(path: &Path, userns: &OwnedFd, devices: bool) -> io::Result<OwnedFd> {
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let c = cpath(path)?;
     // SAFETY: open_tree with a valid C string; returns a new fd or -1.
     let fd = unsafe {
         libc::syscall(
@@ -92,10 +92,6 @@ pub fn overlay(
             Ok(rc)
         }
     };
-    let cpath = |p: &Path| {
-        std::ffi::CString::new(p.as_os_str().as_bytes())
-            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
-    };
     let (upper, work) = (cpath(upper)?, cpath(work)?);
     // SAFETY: fsopen with a valid C string; returns a new fd or -1.
     let fs = last(unsafe { libc::syscall(libc::SYS_fsopen, c"overlay".as_ptr(), FSOPEN_CLOEXEC) })?;
@@ -149,9 +145,9 @@ mod tests {
 
     #[test]
     fn a_detached_overlay_over_an_idmapped_lower_reads_it_and_writes_the_upper() {
-        // SAFETY: geteuid cannot fail.
-        if unsafe { libc::geteuid() } != 0 {
-            eprintln!("SKIP: overlay NOT run: needs root");
+        if crate::not_root(
+            "a_detached_overlay_over_an_idmapped_lower_reads_it_and_writes_the_upper",
+        ) {
             return;
         }
         let map = crate::ids::IdMap {

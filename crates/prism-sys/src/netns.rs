@@ -195,9 +195,7 @@ mod tests {
 
     #[test]
     fn own_namespace_can_be_joined() {
-        // SAFETY: geteuid cannot fail.
-        if unsafe { libc::geteuid() } != 0 {
-            eprintln!("SKIP own_namespace_can_be_joined: needs root");
+        if crate::not_root("own_namespace_can_be_joined") {
             return;
         }
         let me = std::process::id();
@@ -215,9 +213,9 @@ mod tests {
 
     #[test]
     fn an_isolated_namespace_has_loopback_and_the_sysctls_and_the_thread_goes_home() {
-        // SAFETY: geteuid cannot fail.
-        if unsafe { libc::geteuid() } != 0 {
-            eprintln!("SKIP an_isolated_namespace_has_loopback_and_the_sysctls: needs root");
+        if crate::not_root(
+            "an_isolated_namespace_has_loopback_and_the_sysctls_and_the_thread_goes_home",
+        ) {
             return;
         }
         let ns = create_isolated().unwrap_or_else(|e| panic!("{e}"));

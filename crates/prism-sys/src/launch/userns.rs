@@ -72,9 +72,7 @@ mod tests {
     fn a_user_namespace_made_without_a_sandbox_idmaps_with_its_map() {
         use std::os::fd::AsRawFd;
         use std::os::unix::fs::MetadataExt;
-        // SAFETY: geteuid cannot fail.
-        if unsafe { libc::geteuid() } != 0 {
-            eprintln!("SKIP: userns_with NOT run: needs root");
+        if crate::not_root("a_user_namespace_made_without_a_sandbox_idmaps_with_its_map") {
             return;
         }
         let map = IdMap {
