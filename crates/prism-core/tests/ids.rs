@@ -5,16 +5,8 @@
 
 mod support;
 
-use std::path::PathBuf;
-
-use prism_core::namespace::DEFAULT_ID_CLAIMS;
 use prism_core::{Limits, Runtime};
-use support::harness;
-
-fn claim(base: u32) -> PathBuf {
-    PathBuf::from(DEFAULT_ID_CLAIMS)
-        .join((base / prism_core::namespace::IDS_PER_SANDBOX).to_string())
-}
+use support::{harness, id_claim as claim};
 
 #[test]
 fn two_runtimes_on_one_host_never_share_an_id_range() {

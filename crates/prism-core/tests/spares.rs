@@ -77,10 +77,18 @@ fn a_restarted_runtime_discards_the_old_spares() {
     let Some(h) = harness("spares_restart") else {
         return;
     };
-    let sandboxes = h.state.path().join("sandboxes");
-    eventually("two spares", || h.runtime.spares_ready() == 2);
+    // Id ranges claimed in a directory of this test's own, so that "the lowest free ranges"
+    // below are not also wanted by other tests' runtimes (claims are host-wide by default).
+    let claims = h.state.path().join("id-claims");
+    let runtime = || {
+        let claims = claims.clone();
+        h.runtime_in("restart", move |c| c.id_claims = Some(claims))
+    };
+    let first = runtime();
+    let sandboxes = h.state.path().join("restart");
+    eventually("two spares", || first.spares_ready() == 2);
     let old = spares(&sandboxes);
-    let reopened = h.reopen();
+    let reopened = runtime();
     for (name, _) in &old {
         assert!(
             !sandboxes.join(name).exists(),
@@ -97,6 +105,7 @@ fn a_restarted_runtime_discards_the_old_spares() {
         "old ranges leaked: old {old:?}, new {new:?}"
     );
     drop(reopened);
+    drop(first);
 }
 
 #[test]

@@ -138,9 +138,30 @@ pub fn overlay(
     Ok(unsafe { OwnedFd::from_raw_fd(mnt as i32) })
 }
 
+/// Whether [`idmapped_tree`] or [`overlay`] failed because this kernel cannot do it (layers
+/// as fds, the new mount API, idmapped mounts: `EINVAL`, `ENOSYS`, `EOPNOTSUPP`), rather than
+/// for these directories. Errors not from the kernel (a path that is no C string) are not.
+pub fn unsupported(error: &io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP)
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_kernels_refusals_count_as_unsupported() {
+        for errno in [libc::EINVAL, libc::ENOSYS, libc::EOPNOTSUPP] {
+            assert!(unsupported(&io::Error::from_raw_os_error(errno)), "{errno}");
+        }
+        assert!(!unsupported(&io::Error::from_raw_os_error(libc::ENOENT)));
+        let not_a_c_string = cpath(Path::new("a\0b")).expect_err("a NUL byte");
+        assert_eq!(not_a_c_string.kind(), io::ErrorKind::InvalidInput);
+        assert!(!unsupported(&not_a_c_string));
+    }
     use std::os::unix::fs::MetadataExt;
 
     #[test]

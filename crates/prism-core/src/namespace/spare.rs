@@ -107,16 +107,6 @@ fn premade(
     Ok(overlays)
 }
 
-/// Whether making the overlays failed because this kernel cannot (layers as fds, the new
-/// mount API, idmapped mounts), rather than for this spare only.
-fn unsupported(error: &io::Error) -> bool {
-    // EINVAL, and ENOSYS / EOPNOTSUPP.
-    matches!(
-        error.kind(),
-        io::ErrorKind::InvalidInput | io::ErrorKind::Unsupported
-    )
-}
-
 /// The (device, inode) of every lower directory, in order.
 fn dir_ids(lowers: &Lowers) -> io::Result<Vec<(u64, u64)>> {
     use std::os::unix::fs::MetadataExt;
@@ -161,7 +151,7 @@ impl Spare {
                     spare.lowers = want.lowers.clone();
                     spare.lower_ids = ids;
                 }
-                Err(error) if unsupported(&error) => {
+                Err(error) if prism_sys::mount::unsupported(&error) => {
                     // An older kernel (no overlay layers as fds): starts mount them.
                     want.premade.store(false, Ordering::Relaxed);
                     tracing::info!(message = "overlays are not mounted ahead", %error);

@@ -218,6 +218,12 @@ pub fn eventually(what: &str, f: impl Fn() -> bool) {
     }
 }
 
+/// The host-wide claim file of the id range at `base` (`namespace/slots.rs`).
+pub fn id_claim(base: u32) -> PathBuf {
+    PathBuf::from(prism_core::namespace::DEFAULT_ID_CLAIMS)
+        .join((base / prism_core::namespace::IDS_PER_SANDBOX).to_string())
+}
+
 /// How long a test waits for background teardowns.
 pub const SETTLE: std::time::Duration = std::time::Duration::from_secs(30);
 
